@@ -183,3 +183,29 @@ def value_loss_clipped(
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
     return loss, {"vf_clipfrac": float(clipfrac)}
+
+
+# ---- reward model: Bradley-Terry ------------------------------------------------------------
+
+
+def bradley_terry(r_chosen: Tensor, r_rejected: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Per-pair −log σ(r_chosen − r_rejected − margin).  (B,), (B,) -> (B,)
+
+    The negative log-likelihood of the label under Bradley–Terry, P(chosen ≻ rejected) =
+    σ(r_c − r_r). `margin` (Llama 2 style, from label strength) asks a clearly better response to
+    win by at least that much before the loss flattens. softplus(-x) = −log σ(x), computed stably.
+    """
+    diff = r_chosen - r_rejected
+    if margin is not None:
+        diff = diff - margin
+    return F.softplus(-diff)
+
+
+def bradley_terry_tie(r_a: Tensor, r_b: Tensor) -> Tensor:
+    """Per-pair loss of a tie: −½ log σ(r_a − r_b) − ½ log σ(r_b − r_a).  (B,), (B,) -> (B,)
+
+    A tie counts as half a win each way (as in Chatbot Arena's Bradley–Terry aggregation);
+    the loss is smallest, log 2, when the two scores are equal, and symmetric in a and b.
+    """
+    diff = r_a - r_b
+    return 0.5 * (F.softplus(-diff) + F.softplus(diff))
