@@ -174,7 +174,7 @@ class Sampler:
         cache = DynamicCache()
         pos = position_ids(mask)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
         ).logits[:, -1]  # (B, V)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         tokens = torch.empty((B, params.max_new_tokens), dtype=torch.long)
@@ -201,7 +201,7 @@ class Sampler:
             mask = torch.cat([mask, (~done | (tok == self.eos_id)).long()[:, None]], dim=1)
             logits = self.model(
                 input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                past_key_values=cache, use_cache=True,
+                cache=cache, use_cache=True,
             ).logits[:, -1]
             next_pos = next_pos + 1
         self.model.train(was_training)

@@ -1,0 +1,189 @@
+"""THE training loop. Pretraining, SFT, reward modelling and PPO all run through `train`.
+
+A stage supplies a `Task` (its micro-batches and its loss); the loop owns everything else:
+AdamW, warmup + cosine schedule, gradient accumulation and clipping, the NaN/inf guard,
+atomic checkpoints and `resume`, TensorBoard, the progress bar and the run history.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from prefloop.config import option
+from prefloop.errors import PrefloopError
+from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int = option(500, "optimizer steps")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "cosine decay floor as a fraction of lr")
+    warmup_steps: int = option(20, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms exempt)")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.95, "AdamW beta2")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = option(0, "evaluate every N steps (0 = only at the end)")
+    checkpoint_every: int = option(50, "checkpoint every N steps (0 = off)")
+    log_every: int = option(10, "TensorBoard/progress update every N steps")
+    seed: int = option(0, "random seed")
+    deterministic: bool = option(False, "bitwise-reproducible CPU kernels (slower)")
+
+
+class Task(Protocol):
+    def microbatches(self, step: int) -> Sequence[Any]: ...
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    eval: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def lr_at(step: int, cfg: LoopConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+        foreach=True,
+    )
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def train(
+    model: torch.nn.Module,
+    task: Task,
+    cfg: LoopConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    opt = make_optimizer(model, cfg)
+    result = TrainResult(steps=0)
+    start = 0
+    if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(ckpt, model, opt)
+        start = state["step"]
+        result.history = state.get("history", [])
+        if hasattr(task, "load_state_dict"):
+            task.load_state_dict(state.get("task", {}))
+    else:
+        seed_everything(cfg.seed, cfg.deterministic)
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    last_good = latest_checkpoint(ckpt_dir)
+    for step in range(start, cfg.max_steps):
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        batches = task.microbatches(step)
+        opt.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for batch in batches:
+            loss, metrics = task.loss(model, batch)
+            if not _finite(float(loss)):
+                _halt(f"loss is {float(loss)} at step {step + 1}", last_good)
+            (loss / len(batches)).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        if not _finite(float(norm)):
+            _halt(f"gradient norm is {float(norm)} at step {step + 1}", last_good)
+        opt.step()
+        row = {"step": step + 1, "charts/lr": lr, "charts/grad_norm": float(norm), **sums}
+        if hasattr(task, "on_step_end"):
+            row.update(task.on_step_end(step, model, row) or {})
+        result.history.append(row)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(k, v, step + 1)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in sums.items() if "loss" in k})
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and hasattr(task, "evaluate"):
+            result.eval = _evaluate(task, model, writer, step + 1)
+        bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+            extra = {"history": result.history}
+            if hasattr(task, "state_dict"):
+                extra["task"] = task.state_dict()
+            last_good = save_checkpoint(ckpt_dir, step + 1, model, opt, extra)
+    bar.close()
+    if hasattr(task, "evaluate") and not (cfg.eval_every and cfg.max_steps % cfg.eval_every == 0):
+        result.eval = _evaluate(task, model, writer, cfg.max_steps)
+    writer.close()
+    model.eval()
+    result.steps = cfg.max_steps
+    result.final = result.history[-1] if result.history else {}
+    result.seconds = time.perf_counter() - t0
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
+    return result
+
+
+def _evaluate(task: Any, model: torch.nn.Module, writer: SummaryWriter, step: int) -> dict[str, float]:
+    """Evaluate without touching the training RNG stream (so eval never changes a run)."""
+    model.eval()
+    with torch.random.fork_rng(), torch.no_grad():
+        metrics = task.evaluate(model)
+    model.train()
+    for k, v in metrics.items():
+        writer.add_scalar(k, v, step)
+    return dict(metrics)
+
+
+def _halt(what: str, last_good: Path | None) -> None:
+    kept = f"; last good checkpoint: {last_good}" if last_good else "; no checkpoint was written yet"
+    raise PrefloopError(f"training stopped: {what}{kept}")
