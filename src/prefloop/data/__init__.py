@@ -1,0 +1,1 @@
+"""Data: the embedded review task, one row reader for every file format, corpora and SFT data."""

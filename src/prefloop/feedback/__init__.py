@@ -1,0 +1,1 @@
+"""Feedback: the preference store, annotation, simulated annotators and gold scorers."""
