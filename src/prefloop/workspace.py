@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,18 @@ class Workspace:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def run_dir(self, stage: str, resume: bool) -> Path:
+        """A new run folder, or with `resume` the newest unfinished run of `stage`."""
+        if resume:
+            unfinished = [
+                d for d in sorted(self.runs_dir.glob(f"{stage}-*"))
+                if d.is_dir() and not (d / "DONE").exists()
+            ]
+            if not unfinished:
+                raise PrefloopError(f"--resume: no unfinished '{stage}' run in {self.runs_dir}")
+            return unfinished[-1]
+        return self.new_run_dir(stage)
+
     # ---- model registry ---------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
         if not self.models_dir.exists():
@@ -202,6 +215,27 @@ class Workspace:
         shutil.copytree(src, tmp)
         os.replace(tmp, dest)
         return ModelVersion(name, dest, meta)
+
+    def save_model(
+        self,
+        model: Any,
+        tokenizer: Any,
+        stage: str,
+        *,
+        parent: str | None = None,
+        data: Any = None,
+        metrics: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Save a model + tokenizer in HF format (safetensors) as a new registry version."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.models_dir, prefix=".save-") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if config is not None:
+                (Path(tmp) / "train_config.json").write_text(json.dumps(config, indent=2, default=str))
+            return self.register(tmp, stage, parent=parent, data=data, metrics=metrics, extra=extra)
 
     def promote(self, name: str) -> ModelVersion:
         v = self.get(name)

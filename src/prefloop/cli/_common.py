@@ -40,3 +40,11 @@ def workspace_and_config(args: argparse.Namespace, cls: type[T]) -> tuple[Worksp
     """Open the workspace and build the stage config: defaults < config.yaml < flags."""
     ws = Workspace.open(args.workspace)
     return ws, build_config(cls, ws.config_section(args.stage_name), args)
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and summaries replace transformers' per-load bars and notices."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,46 @@
+"""Shared fixtures: a locally trained tokenizer and tiny models of each family (no network)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+WORDS = (
+    "the movie was great bad terrible wonderful blender headphones i loved hated it this product "
+    "works fine broke after a week and but really quite sound battery plot actors boring"
+).split()
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return _texts(400)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(texts):
+    from prefloop.models.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(texts, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def make_model(tokenizer) -> Callable:
+    """make_model(family, **size) -> a fresh tiny causal LM (seeded, dropout off)."""
+    from prefloop.models.lm import build_model
+
+    def make(family: str = "gpt2", **size):
+        size = {"n_layer": 2, "n_embd": 64, "n_head": 4, "context": 64, **size}
+        return build_model(family, tokenizer, **size)
+
+    return make
