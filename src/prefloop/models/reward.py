@@ -77,7 +77,8 @@ def reward_forward(
     ).last_hidden_state  # (B, T, C)
     idx = last_token_index(attention_mask)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, C)
-    return model.score(last).squeeze(-1).float()  # (B,)
+    head: nn.Linear = model.score  # type: ignore[assignment]
+    return head(last).squeeze(-1).float()  # (B,)
 
 
 # ---- tokenization -----------------------------------------------------------------------
@@ -177,7 +178,7 @@ def score(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    side = padding_side or getattr(tokenizer, "padding_side", "right")
+    side = str(padding_side or getattr(tokenizer, "padding_side", None) or "right")
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         ids, mask = pad_batch([rows[i] for i in chunk], pad_id, side)
