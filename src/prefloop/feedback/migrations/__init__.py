@@ -1,0 +1,1 @@
+"""Alembic migrations of the preference store (run by PreferenceStore.upgrade)."""
