@@ -133,16 +133,16 @@ def _conversation(row: Row, file: str, row_no: int) -> SFTExample:
 # ---------------------------------------------------------------- tokenization
 
 
-def _text_ids(tokenizer: Any, text: str, *, special: bool) -> list[int]:
-    """Token ids of user text. Special-token strings inside the text stay plain text, so a
-    literal "<|endoftext|>" in data cannot end a sequence."""
-    enc = tokenizer(text, add_special_tokens=special, split_special_tokens=True)
-    return list(enc["input_ids"])
+def _batch_ids(tokenizer: Any, texts: list[str], *, special: bool) -> list[list[int]]:
+    """Token ids of user texts. Special-token strings inside the text stay plain text, so a
+    literal "<|endoftext|>" in data cannot end a sequence. `special` adds the tokenizer's own
+    BOS/EOS framing (prompts: Llama adds BOS, GPT-2 nothing; responses: never)."""
+    enc = tokenizer(texts, add_special_tokens=special, split_special_tokens=True)
+    return [list(ids) for ids in enc["input_ids"]]
 
 
 def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    # add_special_tokens: the tokenizer decides about BOS (Llama adds one, GPT-2 does not)
-    return _text_ids(tokenizer, prompt, special=True)
+    return _batch_ids(tokenizer, [prompt], special=True)[0]
 
 
 def _require_template(tokenizer: Any, file: str | None = None, row: int | None = None) -> None:
@@ -164,11 +164,19 @@ def _chat_ids(tokenizer: Any, messages: Sequence[Message], generation_prompt: bo
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _encode_pair(ex: SFTExample, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]]]:
-    assert ex.prompt is not None and ex.response is not None
-    prompt = _prompt_ids(tokenizer, ex.prompt)
-    response = [*_text_ids(tokenizer, ex.response, special=False), int(tokenizer.eos_token_id)]
-    return prompt + response, [(len(prompt), len(prompt) + len(response))]
+def _encode_pairs(
+    pairs: Sequence[SFTExample], tokenizer: Any
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Prompt and response tokenized separately (exact boundary), in two batched calls."""
+    if not pairs:
+        return []
+    prompts = _batch_ids(tokenizer, [ex.prompt or "" for ex in pairs], special=True)
+    responses = _batch_ids(tokenizer, [ex.response or "" for ex in pairs], special=False)
+    eos = int(tokenizer.eos_token_id)
+    return [
+        (p + r + [eos], [(len(p), len(p) + len(r) + 1)])
+        for p, r in zip(prompts, responses, strict=True)
+    ]
 
 
 def _encode_chat(ex: SFTExample, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]]]:
@@ -264,11 +272,10 @@ def encode_sft(
     if max_length < 2:
         raise PrefloopError(f"max_length must be at least 2, got {max_length}", field="max_length")
     counts: Counter[str] = Counter()
+    pairs = iter(_encode_pairs([ex for ex in examples if ex.messages is None], tokenizer))
     rows = []
     for ex in examples:
-        ids, spans = (
-            _encode_chat(ex, tokenizer) if ex.messages is not None else _encode_pair(ex, tokenizer)
-        )
+        ids, spans = _encode_chat(ex, tokenizer) if ex.messages is not None else next(pairs)
         rows.append(_fit(ids, spans, max_length, truncation, ex, counts))
     if counts["left"]:
         warnings.warn(
