@@ -1,0 +1,142 @@
+"""Authentication, per-token rate limiting, request size limits and security headers.
+
+Tokens come only in the Authorization header (Bearer), never in cookies, so a cross-site page
+cannot make the browser act as an annotator. Rate limits are per authenticated token, not per
+IP (X-Forwarded-For is spoofable).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from prefloop.feedback.accounts import Principal, authenticate, hash_secret
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class TokenCache:
+    """token hash -> Principal for a few seconds: most requests then skip the database."""
+
+    def __init__(self, engine: Engine, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.engine, self.ttl_s, self.max_entries = engine, ttl_s, max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, token: str) -> Principal | None:
+        key = hash_secret(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit and hit[0] > now:
+                return hit[1]
+        user = authenticate(self.engine, token)
+        if user is not None and self.ttl_s > 0:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+                self._entries[key] = (now + self.ttl_s, user)
+        return user
+
+    def forget(self, annotator_id: int) -> None:
+        with self._lock:
+            for key in [k for k, (_, u) in self._entries.items() if u.id == annotator_id]:
+                del self._entries[key]
+
+
+class RateLimiter:
+    """Token bucket per annotator: `rate` requests/s on average, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: int) -> float:
+        """0 if the request may go ahead (and is counted), else seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: security headers on every response, 413 for oversized bodies
+    (checked on Content-Length and again while streaming, for chunked uploads)."""
+
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app, self.max_body = app, max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _too_large(send, self.max_body)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_headers(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, self.max_body)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = ('{"detail":"request body larger than %d bytes"}' % limit).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), *SECURITY_HEADERS],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
