@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import statistics
 
+import pytest
+
 from prefloop.data import reviews as R
+from prefloop.errors import PrefloopError
 from prefloop.feedback.gold import sentiment_gold, vader_compound
 
 
@@ -78,3 +81,13 @@ def test_rl_prompt_splits_are_disjoint_and_distinct() -> None:
     sft_text = " ".join(R.corpus(3_000, seed=0) + train)
     assert not any(item in sft_text for item in eval_items)
     assert R.rl_prompts(20, seed=1, split="eval") == R.rl_prompts(20, seed=1, split="eval")
+
+
+def test_rl_prompts_can_exhaust_a_split_and_refuse_more() -> None:
+    every = R._all_openings("eval")
+    assert set(R.rl_prompts(300, seed=0, split="eval")) <= set(every)
+    assert sorted(R.rl_prompts(len(every), seed=0, split="eval")) == sorted(every)
+    with pytest.raises(PrefloopError, match=f"has {len(every)} distinct eval prompts"):
+        R.rl_prompts(len(every) + 1, seed=0, split="eval")
+    with pytest.raises(PrefloopError, match="split must be"):
+        R.rl_prompts(1, seed=0, split="test")  # type: ignore[arg-type]

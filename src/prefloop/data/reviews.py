@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Literal
+
+from prefloop.errors import PrefloopError
 
 Sentiment = Literal["pos", "neg", "mixed"]
 Split = Literal["train", "eval"]
@@ -359,17 +362,36 @@ def sft_examples(n: int, seed: int) -> list[dict[str, str]]:
 
 def rl_prompts(n: int, seed: int, split: Split = "train") -> list[str]:
     """`n` distinct neutral openings for pair sampling and PPO; train and eval never overlap
-    because they come from disjoint item sets."""
+    because they come from disjoint item sets. About 76,000 train and 6,500 eval exist."""
     if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        raise PrefloopError(f"split must be 'train' or 'eval', got {split!r}", field="split")
+    every = _all_openings(split)
+    if n > len(every):
+        raise PrefloopError(
+            f"the embedded task has {len(every)} distinct {split} prompts; asked for {n}"
+        )
     rng = random.Random(f"rl-prompts/{split}/{seed}")
-    seen: dict[str, None] = {}
-    # Tens of thousands of distinct openings exist per split; the draw cap only guards
-    # against asking for more than the grammar can give.
-    for _ in range(50 * n + 1000):
+    seen: dict[str, None] = {}  # insertion-ordered set
+    # Draw like the SFT data does (same domain mix); near exhaustion rare openings take
+    # long to hit, so top up from a shuffled enumeration after a bounded number of draws.
+    for _ in range(20 * n):
         if len(seen) == n:
-            break
+            return list(seen)
         seen.setdefault(_opening(rng, split)[0])
-    if len(seen) < n:
-        raise ValueError(f"the review grammar has fewer than {n} distinct {split} openings")
-    return list(seen)
+    rest = [o for o in every if o not in seen]
+    rng.shuffle(rest)
+    return [*seen, *rest[: n - len(seen)]]
+
+
+@functools.cache
+def _all_openings(split: Split) -> tuple[str, ...]:
+    """Every distinct opening of a split (its templates filled every possible way)."""
+    out = []
+    for domain, templates in _OPENINGS.items():
+        for (item, kind), template in itertools.product(_items(domain, split), templates):
+            durs = _DURATIONS if "{dur}" in template else [""]
+            whens = _WHEN[domain] if "{when}" in template else [""]
+            rels = _RELATIVES if "{rel}" in template else [""]
+            for dur, when, rel in itertools.product(durs, whens, rels):
+                out.append(template.format(item=item, kind=kind, dur=dur, when=when, rel=rel))
+    return tuple(dict.fromkeys(out))
