@@ -91,3 +91,19 @@ def test_rl_prompts_can_exhaust_a_split_and_refuse_more() -> None:
         R.rl_prompts(len(every) + 1, seed=0, split="eval")
     with pytest.raises(PrefloopError, match="split must be"):
         R.rl_prompts(1, seed=0, split="test")  # type: ignore[arg-type]
+
+
+def test_reviews_fit_48_tokens_of_a_2k_bpe() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(R.corpus(2_000, seed=0), trainer=trainer)
+    lengths = sorted(len(e.ids) + 1 for e in tok.encode_batch(R.corpus(2_000, seed=1)))  # + EOS
+    assert lengths[len(lengths) // 2] <= 32 and lengths[int(0.99 * len(lengths))] <= 48

@@ -147,3 +147,12 @@ def test_field_accessors() -> None:
         with pytest.raises(PrefloopError) as info:
             fn(row, field, **where)
         assert str(info.value) == message
+
+
+def test_dataset_ids_go_to_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # never touch the network
+    err = _error(read_rows, "someone/no-such-dataset")
+    assert err.file == "someone/no-such-dataset"
+    assert "not a local file, and datasets.load_dataset failed" in err.message

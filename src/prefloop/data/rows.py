@@ -195,7 +195,7 @@ def _read_hub_dataset(name: str, split: str) -> Iterator[tuple[int, Row]]:
     except Exception as e:  # network, missing repo, bad split...: all user-facing
         message = " ".join(str(e).split())[:300]
         raise PrefloopError(
-            f"not a file and could not be loaded with datasets.load_dataset: {message}", file=name
+            f"not a local file, and datasets.load_dataset failed: {message}", file=name
         ) from None
     yield from _iter_dataset(loaded)
 
