@@ -112,7 +112,8 @@ def _parse_json(text: str, name: str, row_no: int) -> Any:
 def _read_json_lines(path: Path, name: str) -> Iterator[tuple[int, Row]]:
     for line_no, line in _text_lines(path, name):
         if line.strip():
-            yield line_no, _as_object(_parse_json(line, name, line_no), name, line_no)
+            value = _parse_json(line.rstrip("\r\n"), name, line_no)
+            yield line_no, _as_object(value, name, line_no)
 
 
 def _read_json(path: Path, name: str) -> Iterator[tuple[int, Row]]:
