@@ -56,7 +56,7 @@ _BRANDS = [
 _SHARED_ASPECTS = ["price", "design", "build quality", "packaging"]
 _KINDS = {
     "blender": ["motor", "blades", "jar"],
-    "headphones": ["sound", "battery", "ear cushions"],
+    "headset": ["sound", "battery", "ear cushions"],
     "kettle": ["handle", "lid", "spout"],
     "toaster": ["timer", "slots", "crumb tray"],
     "backpack": ["zippers", "straps", "pockets"],
@@ -195,8 +195,8 @@ _ADJ = {
     ],
 }  # fmt: skip
 _DOMAIN_ADJ = {
-    ("product", "pos"): ["beautiful", "sturdy and nice", "easy to use"],
-    ("product", "neg"): ["ugly", "annoying", "a mess"],
+    ("product", "pos"): ["beautiful", "lovely", "really nice"],
+    ("product", "neg"): ["ugly", "annoying", "really bad"],
     ("movie", "pos"): ["charming", "delightful", "gorgeous"],
     ("movie", "neg"): ["dull", "boring", "painful"],
     ("book", "pos"): ["charming", "delightful", "beautiful"],
