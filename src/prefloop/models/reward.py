@@ -82,18 +82,21 @@ def reward_forward(
 
 
 # ---- tokenization -----------------------------------------------------------------------
-def prompt_token_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The prompt's ids as the sampler feeds them to the policy (an empty prompt is EOS)."""
-    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    return ids or [int(tokenizer.eos_token_id)]
+def prompt_token_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> list[int]:
+    """The prompt's ids exactly as SFT and the sampler format them (`encode_prompt`): plain text
+    as is, a conversation through the chat template. An empty prompt is EOS (document start)."""
+    from prefloop.data.sft import encode_prompt
+
+    return encode_prompt(tokenizer, prompt) or [int(tokenizer.eos_token_id)]
 
 
-def encode_pair(tokenizer: Any, prompt: str, response: str, max_length: int) -> list[int]:
+def encode_pair(
+    tokenizer: Any, prompt: str | Sequence[dict[str, str]], response: str, max_length: int
+) -> list[int]:
     """Token ids of prompt + response + EOS, the way the policy saw them.
 
-    The prompt uses the SFT prompt template; the response ends with EOS (a compared response is
-    complete). When too long, the prompt loses tokens from its start: the response is what the
-    score is about.
+    A compared response is complete, so it ends with EOS. When too long, the prompt loses
+    tokens from its start: the response is what the score is about.
     """
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     response_ids = list(tokenizer.encode(response, add_special_tokens=False))
@@ -151,7 +154,7 @@ def set_normalization(model: PreTrainedModel, raw_scores: torch.Tensor) -> tuple
 def score(
     model: PreTrainedModel,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[dict[str, str]]],
     responses: Sequence[str],
     batch_size: int = 32,
     *,
@@ -159,6 +162,8 @@ def score(
     raw: bool = False,
 ) -> torch.Tensor:
     """Scores of (prompt, response) rows.  -> (N,) float32, normalized unless `raw`.
+
+    A prompt is text or a conversation (a list of {"role", "content"} messages).
 
     Rows are sorted by length before batching (less padding); the result does not depend on
     batch composition or padding side.

@@ -1,0 +1,380 @@
+"""`prefloop reward`: a reward model trained on labelled comparisons with the Bradley-Terry loss.
+
+    labelled comparisons (PreferenceStore) -> split by prompt (train / held-out)
+      -> RewardTask batches of (chosen, rejected) rows -> THE training loop
+      -> normalize (compared responses score mean 0, std 1) -> held-out accuracy (noisy labels and
+         noise-free gold), loss, calibration -> a `reward-vN` version in the registry
+
+Shapes: B = pairs in a micro-batch, T = padded length; a batch holds 2B rows, the B chosen rows
+first, then their B rejected rows, so one forward pass scores both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefloop.config import option
+from prefloop.errors import PrefloopError
+from prefloop.models.reward import (
+    ENSEMBLE_DIR,
+    build_reward_model,
+    encode_pair,
+    max_positions,
+    pad_batch,
+    reward_forward,
+    set_normalization,
+)
+from prefloop.train.loop import LoopConfig, train
+from prefloop.train.losses import bradley_terry, bradley_terry_tie
+from prefloop.train.reward_metrics import heldout_metrics
+from prefloop.workspace import ModelVersion, Workspace
+
+TIE_CHOICES = ("tie", "both_bad")
+
+
+@dataclass
+class RewardConfig(LoopConfig):
+    model: str = option(
+        "latest:sft", "initialize from this causal LM: version, latest:<stage>, folder"
+    )
+    db: str = option("", "preference store URL ('' = the workspace's preferences.db)")
+    kinds: list[str] = option(  # noqa: RUF009 (option() builds a default_factory for lists)
+        [], "annotator kinds to learn from: human end_user simulated imported"
+    )
+    sources: list[str] = option(  # noqa: RUF009
+        [], "comparison sources to learn from (default: all)"
+    )
+    epochs: float = option(2.0, "passes over the training pairs (sets max_steps when it is 0)")
+    batch_size: int = option(32, "comparison pairs per micro-batch (2x rows: chosen and rejected)")
+    max_length: int = option(0, "prompt+response tokens kept, prompt cut first (0 = model context)")
+    ties: str = option(
+        "skip", "tie / both-bad labels: 'skip' or 'equal' (train toward equal scores)"
+    )
+    margin: float = option(
+        0.0, "Bradley-Terry margin per unit of label strength (1 slight, 2 much)"
+    )
+    center_coef: float = option(0.0, "penalty coef * mean(r^2) keeping raw scores near 0")
+    heldout_fraction: float = option(
+        0.1, "fraction of prompts held out for accuracy and calibration"
+    )
+    gold: str = option(
+        "auto", "gold for held-out accuracy: sentiment, none, auto (simulated labels)"
+    )
+    gold_tie_eps: float = option(
+        0.05, "held-out pairs whose gold scores differ less are not scored"
+    )
+    ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
+    max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
+    lr: float = option(1e-3, "peak learning rate")
+    warmup_steps: int = option(10, "linear warmup steps")
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices only)")
+    checkpoint_every: int = option(0, "checkpoint every N steps (0 = off; a run takes seconds)")
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One labelled comparison as the reward model sees it."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    tie: bool = False
+    strength: int | None = None
+    comparison_id: int | None = None
+    annotator_kind: str = ""
+    messages: tuple[dict[str, str], ...] | None = None  # a multi-turn prompt (prompt = its text)
+
+    @property
+    def context(self) -> str | list[dict[str, str]]:
+        """What the model reads before the response: the conversation, else the prompt text."""
+        return list(self.messages) if self.messages else self.prompt
+
+
+def _check_config(cfg: RewardConfig) -> None:
+    if cfg.ties not in ("skip", "equal"):
+        raise PrefloopError("ties must be 'skip' or 'equal'", field="ties")
+    if cfg.gold not in ("auto", "sentiment", "none"):
+        raise PrefloopError("gold must be auto, sentiment or none", field="gold")
+    if not 0.0 <= cfg.heldout_fraction < 1.0:
+        raise PrefloopError("heldout_fraction must be in [0, 1)", field="heldout_fraction")
+    for name in ("batch_size", "ensemble"):
+        if getattr(cfg, name) < 1:
+            raise PrefloopError(f"{name} must be >= 1", field=name)
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        raise PrefloopError("set epochs > 0 or max_steps > 0", field="epochs")
+
+
+# ---- data -------------------------------------------------------------------------------
+def records_from_store(store: Any, cfg: RewardConfig) -> list[PairRecord]:
+    """Labelled comparisons from the store, one record per label (ties only when trained on)."""
+    prefs = store.preferences(
+        kinds=cfg.kinds or None, sources=cfg.sources or None, include_ties=cfg.ties == "equal"
+    )
+    return [
+        PairRecord(
+            p.prompt,
+            p.chosen,
+            p.rejected,
+            p.choice in TIE_CHOICES,
+            p.strength,
+            p.comparison_id,
+            p.annotator_kind,
+            tuple(p.messages) if p.messages else None,
+        )
+        for p in prefs
+    ]
+
+
+def split_by_prompt(
+    records: Sequence[PairRecord], fraction: float, seed: int
+) -> tuple[list[PairRecord], list[PairRecord]]:
+    """(train, held-out): whole prompts go to one side, so held-out prompts are never seen.
+
+    A prompt's side is a hash of (seed, prompt): stable when more comparisons arrive."""
+
+    def held_out(prompt: str) -> bool:
+        digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+    train_set = [r for r in records if not held_out(r.prompt)]
+    heldout = [r for r in records if held_out(r.prompt)]
+    return train_set, heldout
+
+
+@dataclass
+class EncodedPair:
+    chosen: list[int]
+    rejected: list[int]
+    tie: bool
+    margin: float
+
+
+def encode_records(
+    records: Sequence[PairRecord], tokenizer: Any, max_length: int, margin: float
+) -> list[EncodedPair]:
+    out = []
+    for r in records:
+        m = margin * float(r.strength or 0)
+        out.append(
+            EncodedPair(
+                encode_pair(tokenizer, r.context, r.chosen, max_length),
+                encode_pair(tokenizer, r.context, r.rejected, max_length),
+                r.tie,
+                0.0 if r.tie else m,
+            )
+        )
+    return out
+
+
+def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """2B right-padded rows (chosen first, then rejected), tie flags and margins."""
+    ids, mask = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    return {
+        "input_ids": ids,  # (2B, T)
+        "attention_mask": mask,  # (2B, T)
+        "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),  # (B,)
+        "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32),  # (B,)
+    }
+
+
+# ---- the task -----------------------------------------------------------------------------
+@dataclass
+class RewardTask:
+    """Shuffled epochs over training pairs; the Bradley-Terry loss on each micro-batch.
+
+    Batch `step` is a deterministic function of (seed, step), so a resumed run sees the same data.
+    """
+
+    pairs: list[EncodedPair]
+    batch_size: int
+    grad_accum: int
+    pad_id: int
+    seed: int = 0
+    center_coef: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise PrefloopError("no training pairs (all comparisons were held out or skipped)")
+        self._perms: dict[int, list[int]] = {}
+
+    def _index(self, k: int) -> int:
+        epoch, pos = divmod(k, len(self.pairs))
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(len(self.pairs), generator=g).tolist()}
+        return self._perms[epoch][pos]
+
+    def microbatches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        start = step * self.batch_size * self.grad_accum
+        out = []
+        for m in range(self.grad_accum):
+            first = start + m * self.batch_size
+            chunk = [self.pairs[self._index(first + j)] for j in range(self.batch_size)]
+            out.append(collate_pairs(chunk, self.pad_id))
+        return out
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        r = reward_forward(model, batch["input_ids"], batch["attention_mask"])  # type: ignore[arg-type]
+        b = batch["tie"].shape[0]
+        r_chosen, r_rejected = r[:b], r[b:]  # (B,), (B,)
+        tie = batch["tie"]
+        per_pair = torch.where(
+            tie,
+            bradley_terry_tie(r_chosen, r_rejected),
+            bradley_terry(r_chosen, r_rejected, batch["margin"]),
+        )
+        loss = per_pair.mean()
+        if self.center_coef:
+            loss = loss + self.center_coef * (r**2).mean()
+        with torch.no_grad():
+            decided = ~tie
+            acc = (r_chosen > r_rejected)[decided].float().mean() if decided.any() else None
+        metrics = {
+            "loss/reward": float(per_pair.detach().mean()),
+            "charts/reward_gap": float((r_chosen - r_rejected).mean()),
+            "charts/reward_mean": float(r.mean()),
+        }
+        if acc is not None:
+            metrics["charts/train_accuracy"] = float(acc)
+        return loss, metrics
+
+
+# ---- training ---------------------------------------------------------------------------
+@dataclass
+class RewardRun:
+    models: list[Any]
+    tokenizer: Any
+    metrics: dict[str, Any]
+
+
+def _steps(cfg: RewardConfig, n_train: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum
+    return max(1, round(cfg.epochs * n_train / per_step))
+
+
+def _use_gold(cfg: RewardConfig, kinds: Sequence[str]) -> bool:
+    """Gold accuracy for simulated labels: their annotator judges by the sentiment gold."""
+    if cfg.gold == "auto":
+        return bool(kinds) and all(k == "simulated" for k in kinds)
+    return cfg.gold == "sentiment"
+
+
+def train_reward_model(
+    sft_path: str,
+    records: Sequence[PairRecord],
+    cfg: RewardConfig,
+    run_dir: Path,
+    *,
+    use_gold: bool = False,
+    progress: bool = True,
+) -> RewardRun:
+    """Train `cfg.ensemble` reward models from the causal LM at `sft_path` on `records`."""
+    from prefloop.models.lm import load_tokenizer
+
+    _check_config(cfg)
+    train_records, heldout = split_by_prompt(records, cfg.heldout_fraction, cfg.seed)
+    tokenizer = load_tokenizer(sft_path)
+    pad_id = int(tokenizer.pad_token_id)
+    models, seconds = [], 0.0
+    for i in range(cfg.ensemble):
+        model = build_reward_model(sft_path, tokenizer, seed=cfg.seed + i)
+        max_length = cfg.max_length or max_positions(model)
+        pairs = encode_records(train_records, tokenizer, max_length, cfg.margin)
+        task = RewardTask(
+            pairs, cfg.batch_size, cfg.grad_accum, pad_id, cfg.seed + i, cfg.center_coef
+        )
+        loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
+        member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
+        member_dir.mkdir(parents=True, exist_ok=True)
+        desc = f"reward {i + 1}/{cfg.ensemble}" if cfg.ensemble > 1 else "reward"
+        result = train(model, task, loop_cfg, member_dir, desc=desc, progress=progress)
+        seconds += result.seconds
+        # Normalize on the compared responses: `prefloop pairs` sampled them from the SFT model.
+        _normalize(model, tokenizer, records)
+        models.append(model)
+    metrics = heldout_metrics(models, tokenizer, heldout, use_gold, cfg.gold_tie_eps)
+    metrics.update(
+        train_pairs=len(train_records),
+        heldout_pairs=len(heldout),
+        steps=_steps(cfg, len(train_records)),
+        train_seconds=round(seconds, 2),
+        train_loss=result.final.get("loss/reward"),
+    )
+    return RewardRun(models, tokenizer, metrics)
+
+
+def _normalize(model: Any, tokenizer: Any, records: Sequence[PairRecord]) -> None:
+    """Gain and bias so the distinct compared responses score mean 0, std 1."""
+    from prefloop.models.reward import score
+
+    seen: dict[tuple[str, str], PairRecord] = {}
+    for r in records:
+        for text in (r.chosen, r.rejected):
+            seen.setdefault((r.prompt, text), r)
+    contexts = [r.context for r in seen.values()]
+    raw = score(model, tokenizer, contexts, [t for _, t in seen], 64, raw=True)
+    set_normalization(model, raw)
+
+
+def train_reward(
+    ws: Workspace, cfg: RewardConfig, store: Any = None, *, progress: bool = True
+) -> tuple[ModelVersion, dict[str, Any]]:
+    """`prefloop reward`: labelled comparisons in the store -> a new `reward-vN` version."""
+    from prefloop.feedback.store import PreferenceStore
+
+    _check_config(cfg)
+    own_store = store is None
+    store = store or PreferenceStore(cfg.db or ws.db_url)
+    try:
+        records = records_from_store(store, cfg)
+    finally:
+        if own_store:
+            store.close()
+    if not records:
+        raise PrefloopError(
+            "no labelled comparisons to learn from (run `prefloop pairs` and `prefloop label`)"
+        )
+    sft_path = ws.resolve(cfg.model)
+    t0 = time.perf_counter()
+    use_gold = _use_gold(cfg, [r.annotator_kind for r in records])
+    run_dir = ws.new_run_dir("reward")
+    run = train_reward_model(sft_path, records, cfg, run_dir, use_gold=use_gold, progress=progress)
+    run.metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    version = save_reward_version(ws, run, cfg, parent=ws.version_of(sft_path) or cfg.model)
+    return version, run.metrics
+
+
+def save_reward_version(
+    ws: Workspace, run: RewardRun, cfg: RewardConfig, parent: str | None
+) -> ModelVersion:
+    """Member 0 at the version root (loadable by plain transformers), others in ensemble/."""
+    ws.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ws.models_dir, prefix=".save-") as tmp:
+        root = Path(tmp)
+        for i, model in enumerate(run.models):
+            target = root if i == 0 else root / ENSEMBLE_DIR / f"member-{i:02d}"
+            model.save_pretrained(target, safe_serialization=True)
+            run.tokenizer.save_pretrained(target)
+        (root / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        data = {"store": cfg.db or "workspace", "kinds": cfg.kinds, "sources": cfg.sources}
+        scalars = {k: v for k, v in run.metrics.items() if not isinstance(v, list | dict)}
+        version = ws.register(root, "reward", parent=parent, data=data, metrics=scalars)
+    (ws.reports_dir / f"{version.name}-calibration.json").write_text(
+        json.dumps(run.metrics.get("calibration", []), indent=2)
+    )
+    return version
