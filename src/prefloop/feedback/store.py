@@ -13,7 +13,7 @@ with BEGIN IMMEDIATE so concurrent writers queue on the busy timeout instead of 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ __all__ = [
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_IN_CHUNK = 5000
 
 
 def _check(value: Any, allowed: Sequence[Any], what: str, where: str) -> None:
@@ -202,11 +203,17 @@ class PreferenceStore:
             return s.scalar(select(Annotator).where(Annotator.name == name))
 
     def next_comparisons(
-        self, annotator_id: int, limit: int = 1, *, gold: bool | None = False, after_id: int = 0
+        self,
+        annotator_id: int,
+        limit: int | None = 1,
+        *,
+        gold: bool | None = False,
+        after_id: int = 0,
+        sources: Sequence[str] | None = None,
     ) -> list[ComparisonView]:
         """Comparisons annotator X may label next: short of labels (gold ones: any), not yet
         labelled by X, in id order after `after_id`. gold=False: regular only, True: gold only,
-        None: both."""
+        None: both. limit=None: all of them."""
         labelled_by_x = exists().where(
             Label.comparison_id == Comparison.id, Label.annotator_id == annotator_id
         )
@@ -224,6 +231,8 @@ class PreferenceStore:
             .order_by(Comparison.id)
             .limit(limit)
         )
+        if sources:
+            q = q.where(Comparison.source.in_(sources))
         with self._read() as s:
             return self._views(s, list(s.scalars(q)))
 
@@ -244,20 +253,18 @@ class PreferenceStore:
             return self._views(s, list(ids))
 
     def _views(self, s: Session, ids: list[int]) -> list[ComparisonView]:
-        if not ids:
-            return []
         ra, rb = aliased(Response), aliased(Response)
         q = (
             select(Comparison, Prompt, ra.text, rb.text)
             .join(Prompt, Prompt.id == Comparison.prompt_id)
             .join(ra, ra.id == Comparison.response_a_id)
             .join(rb, rb.id == Comparison.response_b_id)
-            .where(Comparison.id.in_(ids))
         )
-        by_id = {
-            c.id: ComparisonView(c.id, p.text, p.messages, a, b, c.source, c.is_gold)
-            for c, p, a, b in s.execute(q)
-        }
+        by_id = {}
+        for start in range(0, len(ids), _IN_CHUNK):  # bounded IN lists (SQLite caps parameters)
+            chunk = ids[start : start + _IN_CHUNK]
+            for c, p, a, b in s.execute(q.where(Comparison.id.in_(chunk))):
+                by_id[c.id] = ComparisonView(c.id, p.text, p.messages, a, b, c.source, c.is_gold)
         return [by_id[i] for i in ids if i in by_id]
 
     def preferences(
@@ -305,10 +312,19 @@ class PreferenceStore:
                 chosen, rejected = (b, a) if lab.choice == "b" else (a, b)
                 out.append(
                     PreferenceRecord(
-                        lab.id, lab.comparison_id, p.text, p.messages, chosen, rejected,
-                        lab.choice, lab.strength, name, kind, source,
+                        lab.id,
+                        lab.comparison_id,
+                        p.text,
+                        p.messages,
+                        chosen,
+                        rejected,
+                        lab.choice,
+                        lab.strength,
+                        name,
+                        kind,
+                        source,
                     )
-                )  # fmt: skip
+                )
         return out
 
     def stats(self) -> dict[str, Any]:
@@ -408,6 +424,15 @@ class StoreTransaction:
         q = select(_ANNOTATORS.c.id, _ANNOTATORS.c.kind).where(_ANNOTATORS.c.name == name)
         return self.connection.execute(q).first()
 
+    def _rows_in(self, q: Any, column: Any, values: Iterable[Any]) -> Iterator[Any]:
+        """Rows of `q` where `column` is in `values`, queried in bounded chunks (SQLite caps
+        the number of parameters; large imports check hundreds of thousands of ids)."""
+        values = list(values)
+        for start in range(0, len(values), _IN_CHUNK):
+            yield from self.connection.execute(
+                q.where(column.in_(values[start : start + _IN_CHUNK]))
+            )
+
     def _insert(self, table: Table, rows: list[dict[str, Any]]) -> list[int]:
         if not rows:
             return []
@@ -430,8 +455,8 @@ class StoreTransaction:
             if c.required_labels < 1:
                 raise PrefloopError(f"comparison {i}: required_labels must be >= 1")
         ids = {x for c in comparisons for x in (c.response_a_id, c.response_b_id)}
-        q = select(_RESPONSES.c.id, _RESPONSES.c.prompt_id).where(_RESPONSES.c.id.in_(ids))
-        found = {rid: pid for rid, pid in self.connection.execute(q)}
+        q = select(_RESPONSES.c.id, _RESPONSES.c.prompt_id)
+        found = {rid: pid for rid, pid in self._rows_in(q, _RESPONSES.c.id, ids)}
         for i, c in enumerate(comparisons):
             for rid in (c.response_a_id, c.response_b_id):
                 if found.get(rid) != c.prompt_id:
@@ -456,19 +481,17 @@ class StoreTransaction:
         if keys:
             lab_t = _LABELS.c
             q = select(lab_t.idempotency_key, lab_t.id, lab_t.comparison_id, lab_t.annotator_id)
-            for k, lid, cid, aid in conn.execute(q.where(lab_t.idempotency_key.in_(keys))):
+            for k, lid, cid, aid in self._rows_in(q, lab_t.idempotency_key, keys):
                 replayed[k] = (lid, cid, aid)
         # known comparisons, and which of them this annotator already labelled, in one query
         cids = {lab.comparison_id for lab in labels}
         on = (_LABELS.c.comparison_id == _COMPARISONS.c.id) & (
             _LABELS.c.annotator_id == annotator_id
         )
-        q = (
-            select(_COMPARISONS.c.id, _LABELS.c.id)
-            .select_from(_COMPARISONS.outerjoin(_LABELS, on))
-            .where(_COMPARISONS.c.id.in_(cids))
-        )
-        status = {int(row[0]): row[1] is not None for row in conn.execute(q)}
+        q = select(_COMPARISONS.c.id, _LABELS.c.id).select_from(_COMPARISONS.outerjoin(_LABELS, on))
+        status = {
+            int(row[0]): row[1] is not None for row in self._rows_in(q, _COMPARISONS.c.id, cids)
+        }
         ids: list[int | None] = []
         new: list[dict[str, Any]] = []
         for i, lab in enumerate(labels):
