@@ -204,6 +204,8 @@ def aggregate_bradley_terry(records: Sequence[LabelRecord], prior: float = 1.0) 
         eb.append(b)
         scores_a.append(SCORE_A[r.choice])
         groups[r.comparison_id].append(r)
+    if not index:
+        return []
     theta = bradley_terry(
         np.array(ea, dtype=np.int64), np.array(eb, dtype=np.int64), np.array(scores_a),
         len(index), prior=prior,
