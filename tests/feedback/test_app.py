@@ -8,11 +8,18 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
-from tests.feedback.test_app_support import app_pg_url, client, drop_pg_database, fresh_pg_database, seed, user
 
 from prefloop.cli import main
 from prefloop.feedback.app.tables import comparisons, labels
 from prefloop.feedback.store import PreferenceStore
+from tests.feedback.test_app_support import (
+    app_pg_url,
+    client,
+    drop_pg_database,
+    fresh_pg_database,
+    seed,
+    user,
+)
 
 __all__ = ["app_pg_url"]  # the fixture, imported for use here
 
@@ -50,7 +57,9 @@ def test_label_flow_idempotent_and_exactly_once(store: PreferenceStore) -> None:
     task = out["task"]
     assert task["comparison_id"] == cid and out["progress"] == {"labeled": 0, "available": 1}
     # the page shows the stored responses in the recorded order
-    left, right = ("answer A0", "answer B0") if task["shown_left"] == "a" else ("answer B0", "answer A0")
+    left, right = (
+        ("answer A0", "answer B0") if task["shown_left"] == "a" else ("answer B0", "answer A0")
+    )
     assert (task["left"], task["right"]) == (left, right)
     body = {**label_body(task, "b"), "strength": "much", "reason": "clearer"}
     first = c.post("/api/labels", json=body, headers=alice)
@@ -58,7 +67,9 @@ def test_label_flow_idempotent_and_exactly_once(store: PreferenceStore) -> None:
     again = c.post("/api/labels", json=body, headers=alice)  # a retry: same key
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert again.json()["label"]["id"] == first.json()["label"]["id"]
-    other_key = c.post("/api/labels", json={**body, "idempotency_key": "key-2222222"}, headers=alice)
+    other_key = c.post(
+        "/api/labels", json={**body, "idempotency_key": "key-2222222"}, headers=alice
+    )
     assert other_key.status_code == 409 and "already labeled" in other_key.json()["detail"]
     with store.engine.connect() as conn:
         rows = conn.execute(select(labels)).all()
@@ -78,7 +89,14 @@ def test_bad_requests_are_4xx_with_a_message(sqlite_store: PreferenceStore) -> N
     h = user(sqlite_store, "alice")
     good = {"comparison_id": cid, "choice": "a", "shown_left": "a", "idempotency_key": "k" * 10}
     cases = [
-        (c.post("/api/labels", content=b"{not json", headers={**h, "Content-Type": "application/json"}), 422),
+        (
+            c.post(
+                "/api/labels",
+                content=b"{not json",
+                headers={**h, "Content-Type": "application/json"},
+            ),
+            422,
+        ),
         (c.post("/api/labels", json={**good, "comparison_id": "x"}, headers=h), 422),
         (c.post("/api/labels", json={**good, "comparison_id": 99999}, headers=h), 404),
         (c.post("/api/labels", json={**good, "comparison_id": 2**40}, headers=h), 422),
@@ -102,7 +120,9 @@ def test_pages_send_csp_without_unsafe_inline(sqlite_store: PreferenceStore) -> 
     c = client(sqlite_store)
     for path in ("/", "/admin", "/login", "/static/label.js", "/api/me"):
         csp = c.get(path).headers["content-security-policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert (
+            "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        )
     page = c.get("/").text
     assert "<script>" not in page  # scripts only from files, never inline
     assert "/openapi.json" in c.get("/openapi.json").json()["paths"] or True
@@ -117,7 +137,11 @@ def test_overlap_leases_skip_and_nobody_twice(sqlite_store: PreferenceStore) -> 
     tb = c.get("/api/tasks/next", headers=b).json()["task"]
     tz = c.get("/api/tasks/next", headers=z).json()["task"]
     # k=2: two people hold the first comparison, the third is given the second one
-    assert (ta["comparison_id"], tb["comparison_id"], tz["comparison_id"]) == (ids[0], ids[0], ids[1])
+    assert (ta["comparison_id"], tb["comparison_id"], tz["comparison_id"]) == (
+        ids[0],
+        ids[0],
+        ids[1],
+    )
     for h, t, k in ((a, ta, "ka-000001"), (b, tb, "kb-000001")):
         assert c.post("/api/labels", json=label_body(t, key=k), headers=h).status_code == 201
     # a labelled, so a is never shown ids[0] again; z skips ids[1]
@@ -132,7 +156,9 @@ def test_undo_and_own_labels_only(sqlite_store: PreferenceStore) -> None:
     a, b = user(sqlite_store, "a1"), user(sqlite_store, "b1")
     t = c.get("/api/tasks/next", headers=a).json()["task"]
     c.post("/api/labels", json=label_body(t, key="undo-0001"), headers=a)
-    assert [x["comparison_id"] for x in c.get("/api/labels", headers=a).json()["labels"]] == [t["comparison_id"]]
+    assert [x["comparison_id"] for x in c.get("/api/labels", headers=a).json()["labels"]] == [
+        t["comparison_id"]
+    ]
     assert c.get("/api/labels", headers=b).json()["labels"] == []  # only your own
     undo = c.post("/api/labels/undo", headers=a).json()
     assert undo["undone"]["comparison_id"] == t["comparison_id"]
@@ -157,9 +183,16 @@ def test_login_link_works_once_and_disable_revokes(sqlite_store: PreferenceStore
     assert c.get("/api/me", headers=h).json()["role"] == "annotator"
     # tokens are stored hashed, never in clear
     with sqlite_store.engine.connect() as conn:
-        raw = json.dumps([list(r) for r in conn.exec_driver_sql("SELECT * FROM annotators")], default=str)
+        raw = json.dumps(
+            [list(r) for r in conn.exec_driver_sql("SELECT * FROM annotators")], default=str
+        )
     assert made["token"] not in raw and accounts.hash_secret(made["token"]) in raw
-    assert c.patch(f"/api/admin/annotators/{made['id']}", json={"disabled": True}, headers=admin).status_code == 204
+    assert (
+        c.patch(
+            f"/api/admin/annotators/{made['id']}", json={"disabled": True}, headers=admin
+        ).status_code
+        == 204
+    )
     assert c.get("/api/me", headers=h).status_code == 401
     assert c.get("/api/me", headers={"Authorization": f"Bearer {made['token']}"}).status_code == 401
 
@@ -188,7 +221,10 @@ def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_
     p2 = next(r for r in q["annotators"] if r["name"] == "p2")
     assert p2["gold_accuracy"] == 0.0 and p2["gold_labels"] == 1 and p2["left_rate"] == 0.0
     out = c.get("/api/admin/export?method=majority", headers=admin).json()
-    assert [(r["comparison_id"], r["chosen"]) for r in out["rows"]] == [(ids[0], "answer A0"), (ids[1], "answer B1")]
+    assert [(r["comparison_id"], r["chosen"]) for r in out["rows"]] == [
+        (ids[0], "answer A0"),
+        (ids[1], "answer B1"),
+    ]
     assert out["rows"][0]["votes"] == 3 and abs(out["rows"][0]["p_chosen"] - 2 / 3) < 1e-9
     # disabling p0 and p1 excludes their labels: p2 alone decides
     for r in q["annotators"]:
@@ -198,6 +234,19 @@ def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_
     assert [(r["comparison_id"], r["chosen"], r["votes"]) for r in out["rows"]] == [
         (ids[0], "answer B0", 1), (ids[1], "answer B1", 1)]  # fmt: skip
     db = str(sqlite_store.engine.url)
-    assert main(["annotate-export", "--db", db, "--aggregate", "majority", "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "annotate-export",
+                "--db",
+                db,
+                "--aggregate",
+                "majority",
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert {"prompt", "chosen", "rejected"} <= set(rows[0]) and len(rows) == 2

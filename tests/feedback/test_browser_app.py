@@ -21,12 +21,14 @@ from tests.feedback.test_app_support import SETTINGS, free_port, seed
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(
+        shutil.which("chromium") is None, reason="Debian's chromium is not installed"
+    ),
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HOSTILE = (
     "<script>window.__pwned = 'script'</script>\n\n"
-    '<img src=x onerror="window.__pwned = \'img\'">\n\n'
+    "<img src=x onerror=\"window.__pwned = 'img'\">\n\n"
     "[click me](javascript:window.__pwned='link') and **bold** and `code`\n\n"
     "```python\nprint('<b>not bold</b>')\n```"
 )
@@ -95,7 +97,10 @@ def test_label_mouse_keyboard_skip_undo_and_no_xss(server, page, request) -> Non
         assert page.locator(".pane img").count() == 0 and page.locator(".pane script").count() == 0
         assert page.locator(".pane a").count() == 0  # the javascript: link stayed text
         assert "&lt;script&gt;" in html and "javascript:window.__pwned" in page.inner_text("#task")
-        assert page.locator(".pane strong").count() == 1 and page.locator(".pane pre code").count() == 1
+        assert (
+            page.locator(".pane strong").count() == 1
+            and page.locator(".pane pre code").count() == 1
+        )
         # mouse: "A is better" (the left pane), then Submit
         page.click(".choice[data-choice=left]")
         page.click("#submit")

@@ -20,8 +20,9 @@ def _annotate(args: argparse.Namespace) -> int:
     from prefloop.feedback.store import PreferenceStore
 
     ws, cfg = workspace_and_config(args, AppSettings)
-    settings = dataclasses.replace(cfg, db=cfg.db or ws.db_url)
-    with PreferenceStore(settings.db) as store:  # migrate once, before any worker starts
+    url = cfg.db or ws.db_url
+    settings = dataclasses.replace(cfg, db=url)
+    with PreferenceStore(url) as store:  # migrate once, before any worker starts
         print(f"store: {store.url}")
     print(f"annotation app: http://{settings.host}:{settings.port}/  (API: /openapi.json)")
     print("accounts: `prefloop users add NAME --role admin|annotator` (there are no defaults)")

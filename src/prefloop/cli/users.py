@@ -32,8 +32,10 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     with _store(args) as store, store.engine.connect() as conn:
-        counts = dict(
-            conn.execute(select(labels.c.annotator_id, func.count()).group_by(labels.c.annotator_id)).all()
+        counts: dict[int, int] = dict(
+            conn.execute(
+                select(labels.c.annotator_id, func.count()).group_by(labels.c.annotator_id)
+            ).all()
         )
         rows = conn.execute(select(annotators).order_by(annotators.c.name)).all()
     for r in rows:
@@ -57,8 +59,11 @@ def _new_link(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("users", help="annotation accounts: add, list, disable, enable, link",
-                       description="annotation accounts (no default accounts exist)")
+    p = sub.add_parser(
+        "users",
+        help="annotation accounts: add, list, disable, enable, link",
+        description="annotation accounts (no default accounts exist)",
+    )
     users = p.add_subparsers(dest="users_command", metavar="ACTION", required=True)
 
     def action(name: str, help: str, func: Any) -> argparse.ArgumentParser:
@@ -71,13 +76,23 @@ def register(sub: Any) -> None:
     add = action("add", "create an account; prints its token and a one-time login link", _add)
     add.add_argument("name", help="login name (letters, digits, _ . @ -)")
     add.add_argument("--role", choices=["annotator", "admin"], default="annotator")
-    add.add_argument("--kind", choices=["human", "simulated", "imported", "end_user"],
-                     default="human", help="who labels through this account")
+    add.add_argument(
+        "--kind",
+        choices=["human", "simulated", "imported", "end_user"],
+        default="human",
+        help="who labels through this account",
+    )
     for a in (add, action("link", "print a new one-time login link", _new_link)):
-        a.add_argument("--base-url", default="http://127.0.0.1:8300",
-                       help="where the annotation server is reached (for the link)")
+        a.add_argument(
+            "--base-url",
+            default="http://127.0.0.1:8300",
+            help="where the annotation server is reached (for the link)",
+        )
     users.choices["link"].add_argument("name")
     action("list", "list accounts and label counts", _list)
-    action("disable", "disable an account and exclude its labels from exports",
-           lambda a: _set_disabled(a, True)).add_argument("name")
+    action(
+        "disable",
+        "disable an account and exclude its labels from exports",
+        lambda a: _set_disabled(a, True),
+    ).add_argument("name")
     action("enable", "re-enable an account", lambda a: _set_disabled(a, False)).add_argument("name")

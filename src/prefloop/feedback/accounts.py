@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from prefloop.errors import PrefloopError
@@ -147,7 +147,7 @@ def authenticate(engine: Engine, token: str) -> Principal | None:
     return user
 
 
-def _principal(conn, condition) -> Principal | None:  # type: ignore[no-untyped-def]
+def _principal(conn: Connection, condition: ColumnElement[bool]) -> Principal | None:
     row = conn.execute(
         select(annotators.c.id, annotators.c.name, annotators.c.role, annotators.c.kind).where(
             condition, annotators.c.disabled.is_(False)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, exists, func, select, update
+from sqlalchemy import Connection, Engine, Select, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from prefloop.errors import PrefloopError
@@ -44,7 +45,7 @@ def next_comparison(
     return None
 
 
-def _candidate_query(annotator_id: int, gold: bool, now: float):  # type: ignore[no-untyped-def]
+def _candidate_query(annotator_id: int, gold: bool, now: float) -> Select[Any]:
     c = comparisons.c
     labelled = exists().where(labels.c.comparison_id == c.id, labels.c.annotator_id == annotator_id)
     skipped = exists().where(skips.c.comparison_id == c.id, skips.c.annotator_id == annotator_id)
@@ -94,7 +95,10 @@ def release(conn: Connection, comparison_id: int, annotator_id: int) -> None:
 
 def skip(conn: Connection, comparison_id: int, annotator_id: int) -> None:
     """Never show `comparison_id` to `annotator_id` again (and free their lease on it)."""
-    if conn.execute(select(comparisons.c.id).where(comparisons.c.id == comparison_id)).first() is None:
+    if (
+        conn.execute(select(comparisons.c.id).where(comparisons.c.id == comparison_id)).first()
+        is None
+    ):
         raise PrefloopError(f"unknown comparison id {comparison_id}", field="comparison_id")
     release(conn, comparison_id, annotator_id)
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -110,7 +114,9 @@ def set_overlap(engine: Engine, k: int, source: str | None = None) -> int:
     comparisons changed. Comparisons that already have k labels simply leave the queue."""
     if k < 1:
         raise PrefloopError("overlap must be >= 1", field="overlap")
-    q = update(comparisons).where(comparisons.c.is_gold.is_(False), comparisons.c.required_labels != k)
+    q = update(comparisons).where(
+        comparisons.c.is_gold.is_(False), comparisons.c.required_labels != k
+    )
     if source is not None:
         q = q.where(comparisons.c.source == source)
     with engine.execution_options(prefloop_begin="IMMEDIATE").begin() as conn:

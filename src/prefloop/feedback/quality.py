@@ -151,7 +151,11 @@ def _agreement(scores: Sequence[float], p_a: float) -> float:
 
 
 def bradley_terry(
-    a: np.ndarray, b: np.ndarray, score_a: np.ndarray, n_items: int, prior: float = 1.0,
+    a: np.ndarray,
+    b: np.ndarray,
+    score_a: np.ndarray,
+    n_items: int,
+    prior: float = 1.0,
     iters: int = 500,
 ) -> np.ndarray:
     """Bradley-Terry log-strengths by MM iterations (Hunter 2004), O(games) per iteration.
@@ -207,8 +211,11 @@ def aggregate_bradley_terry(records: Sequence[LabelRecord], prior: float = 1.0) 
     if not index:
         return []
     theta = bradley_terry(
-        np.array(ea, dtype=np.int64), np.array(eb, dtype=np.int64), np.array(scores_a),
-        len(index), prior=prior,
+        np.array(ea, dtype=np.int64),
+        np.array(eb, dtype=np.int64),
+        np.array(scores_a),
+        len(index),
+        prior=prior,
     )
     out = []
     for cid in sorted(groups):

@@ -83,9 +83,11 @@ def quality_report(engine: Engine) -> schemas.QualityOut:
             schemas.AnnotatorStats(
                 id=p.id, name=p.name, kind=p.kind, role=p.role, disabled=p.disabled,
                 labels=s.labels if s else 0, gold_labels=s.gold_labels if s else 0,
-                gold_accuracy=s and s.gold_accuracy, peer_agreement=s and s.peer_agreement,
-                cohen_kappa=s and s.cohen_kappa, median_seconds=s and s.median_seconds,
-                left_rate=s and s.left_rate,
+                gold_accuracy=s.gold_accuracy if s else None,
+                peer_agreement=s.peer_agreement if s else None,
+                cohen_kappa=s.cohen_kappa if s else None,
+                median_seconds=s.median_seconds if s else None,
+                left_rate=s.left_rate if s else None,
             )
         )  # fmt: skip
     return schemas.QualityOut(
@@ -152,8 +154,8 @@ def _comparison_texts(
                 .where(comparisons.c.id.in_(chunk))
             )  # fmt: skip
             for cid, *rest in conn.execute(q):
-                out[cid] = tuple(rest)
-    return out  # type: ignore[return-value]
+                out[cid] = (rest[0], rest[1], rest[2], rest[3], rest[4])
+    return out
 
 
 def trl_row(row: schemas.ExportRow) -> dict[str, Any]:

@@ -30,7 +30,9 @@ def current_user(
     token = credentials.credentials
     user = request.app.state.tokens.lookup(token) if 0 < len(token) <= 200 else None
     if user is None:
-        raise HTTPException(401, "invalid or disabled token", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "invalid or disabled token", headers={"WWW-Authenticate": "Bearer"}
+        )
     wait = request.app.state.limiter.retry_after(user.id)
     if wait > 0:
         raise HTTPException(429, "rate limit exceeded", headers=retry_after_header(wait))
@@ -48,7 +50,8 @@ Admin = Annotated[Principal, Depends(admin_user)]
 
 
 def _rng(request: Request) -> random.Random:
-    return request.app.state.rng  # type: ignore[no-any-return]
+    rng: random.Random = request.app.state.rng
+    return rng
 
 
 @router.post("/login", response_model=schemas.LoginOut, tags=["accounts"])
@@ -134,7 +137,9 @@ def annotator_quality(_: Admin, request: Request) -> schemas.QualityOut:
 @router.post(
     "/admin/annotators", response_model=schemas.AnnotatorCreated, status_code=201, tags=["admin"]
 )
-def add_annotator(body: schemas.AnnotatorIn, _: Admin, request: Request) -> schemas.AnnotatorCreated:
+def add_annotator(
+    body: schemas.AnnotatorIn, _: Admin, request: Request
+) -> schemas.AnnotatorCreated:
     """Create an account; its token and one-time login link are shown only in this response."""
     try:
         new = accounts.add_user(request.app.state.engine, body.name, body.role)

@@ -7,6 +7,7 @@ IP (X-Forwarded-For is spoofable).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -127,7 +128,7 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Any, limit: int) -> None:
-    body = ('{"detail":"request body larger than %d bytes"}' % limit).encode()
+    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -8,22 +8,23 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
 from prefloop.errors import PrefloopError
 from prefloop.feedback import assign
 from prefloop.feedback.accounts import Principal
-from prefloop.feedback.app import schemas
+from prefloop.feedback.app import fastpath, schemas
 from prefloop.feedback.app.settings import AppSettings
 from prefloop.feedback.app.tables import comparisons, labels, prompts, responses
 
 STRENGTH_IN = {"slight": 1, "much": 2}
-STRENGTH_OUT = {1: "slight", 2: "much"}
+STRENGTH_OUT: dict[int, Literal["slight", "much"]] = {1: "slight", 2: "much"}
 
 
 class NotFound(PrefloopError):
@@ -38,9 +39,20 @@ class Forbidden(PrefloopError):
     pass
 
 
-def writer(engine: Engine) -> Engine:
-    """Write transactions start with BEGIN IMMEDIATE on SQLite (see PreferenceStore)."""
-    return engine.execution_options(prefloop_begin="IMMEDIATE")
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction. SQLite has one writer at a time: threads of this process queue on
+    a lock instead of on SQLite's busy handler, which sleeps in growing steps (up to 100 ms)
+    and made contended posts slow. Transactions start with BEGIN IMMEDIATE (see the store)."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with (
+        fastpath.SQLITE_WRITE_LOCK,
+        engine.execution_options(prefloop_begin="IMMEDIATE").begin() as conn,
+    ):
+        yield conn
 
 
 # ---- tasks --------------------------------------------------------------------------------
@@ -49,7 +61,7 @@ def writer(engine: Engine) -> Engine:
 def next_task(
     engine: Engine, user: Principal, settings: AppSettings, rng: random.Random
 ) -> schemas.Task | None:
-    with writer(engine).begin() as conn:
+    with write_transaction(engine) as conn:
         cid = assign.next_comparison(conn, user.id, gold_rate=settings.gold_rate, rng=rng)
         if cid is None:
             return None
@@ -68,7 +80,9 @@ def _view(conn: Connection, comparison_id: int, rng: random.Random) -> schemas.T
         .where(comparisons.c.id == comparison_id)
     ).one()
     prompt, messages, text_a, text_b = row
-    shown_left = rng.choice(("a", "b"))  # a new random side per view, recorded with the label
+    shown_left: Literal["a", "b"] = rng.choice(
+        ("a", "b")
+    )  # a new random side per view, recorded with the label
     left, right = (text_a, text_b) if shown_left == "a" else (text_b, text_a)
     turns = None
     if messages:
@@ -89,7 +103,7 @@ def _view(conn: Connection, comparison_id: int, rng: random.Random) -> schemas.T
 
 
 def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
-    with writer(engine).begin() as conn:
+    with write_transaction(engine) as conn:
         try:
             assign.skip(conn, comparison_id, user.id)
         except PrefloopError as e:
@@ -99,14 +113,10 @@ def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
 # ---- labels -------------------------------------------------------------------------------
 
 
-class _Replay(Exception):
-    """The insert hit a unique constraint: resolved after the rollback."""
-
-
 def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
     """Store one label: one UPDATE (label_count, which also proves the comparison exists) and one
-    INSERT .. ON CONFLICT DO NOTHING in one transaction; a retry with the same idempotency key
-    returns the stored label instead of a duplicate."""
+    INSERT .. ON CONFLICT DO NOTHING in one transaction (fastpath.py); a retry with the same
+    idempotency key returns the stored label instead of a duplicate."""
     now = datetime.now(UTC)
     values = {
         "comparison_id": body.comparison_id,
@@ -120,22 +130,12 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
         "created_at": now,
     }
     try:
-        with writer(engine).begin() as conn:
-            bumped = conn.execute(
-                update(comparisons)
-                .where(comparisons.c.id == body.comparison_id)
-                .values(label_count=comparisons.c.label_count + 1)
-            ).rowcount
-            if bumped == 0:
-                raise NotFound(f"unknown comparison id {body.comparison_id}", field="comparison_id")
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            new_id = conn.execute(
-                dialect.insert(labels).values(**values).on_conflict_do_nothing().returning(labels.c.id)
-            ).scalar()
-            if new_id is None:
-                raise _Replay()
-            assign.release(conn, body.comparison_id, user.id)
-    except _Replay:
+        new_id = fastpath.insert_label(engine, values)
+    except fastpath.UnknownComparison:
+        raise NotFound(
+            f"unknown comparison id {body.comparison_id}", field="comparison_id"
+        ) from None
+    if new_id is None:
         return _resolve_replay(engine, user, body)
     return schemas.LabelPosted(label=_label_out({**values, "id": new_id}), duplicate=False)
 
@@ -146,7 +146,9 @@ def _resolve_replay(engine: Engine, user: Principal, body: schemas.LabelIn) -> s
             select(labels).where(labels.c.idempotency_key == body.idempotency_key)
         ).first()
     if row is None:
-        raise Conflict(f"you already labeled comparison {body.comparison_id}", field="comparison_id")
+        raise Conflict(
+            f"you already labeled comparison {body.comparison_id}", field="comparison_id"
+        )
     if (row.annotator_id, row.comparison_id) != (user.id, body.comparison_id):
         raise Conflict("this idempotency key was already used for another label",
                        field="idempotency_key")  # fmt: skip
@@ -172,7 +174,7 @@ def undo_last(
 ) -> tuple[schemas.LabelOut | None, schemas.Task | None]:
     """Delete the annotator's most recent label (if younger than the undo window) and hand the
     comparison back to them."""
-    with writer(engine).begin() as conn:
+    with write_transaction(engine) as conn:
         row = conn.execute(
             select(labels)
             .where(labels.c.annotator_id == user.id)

@@ -1,0 +1,228 @@
+"""Benchmark of the annotation app (not a test): labels ingested per second over HTTP with 64
+concurrent clients on loopback, and next-task latency with 1,000,000 comparisons stored.
+
+    python bench/annotate_load.py ingest --db sqlite --workers 2 --labels 20000
+    python bench/annotate_load.py ingest --db postgresql --workers 2
+    python bench/annotate_load.py next --db sqlite --comparisons 1000000
+
+The server is `uvicorn prefloop.feedback.app.main:app_from_env` (what `prefloop annotate`
+runs) in its own processes; the load generator is another process: a minimal keep-alive
+HTTP/1.1 client on asyncio, so the client costs as little CPU as possible on a 2-core machine.
+The per-token rate limit is off (rate_limit=0) because 64 tokens at the default 20/s cap the
+load at 1,280/s. Prints one JSON line with the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+def make_db(kind: str, tmp: Path) -> tuple[str, str | None]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'bench.db'}", None
+    import psycopg
+
+    name = f"prefloop_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
+
+
+def drop_db(name: str | None) -> None:
+    if name:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bulk_seed(url: str, n: int, required: int = 1) -> None:
+    """n prompts, 2n responses, n comparisons through Core executemany (fast bulk path)."""
+    from sqlalchemy import insert
+
+    from prefloop.feedback.app.tables import comparisons, prompts, responses
+    from prefloop.feedback.store import PreferenceStore
+
+    chunk = 50_000
+    with PreferenceStore(url) as store, store.engine.begin() as conn:
+        for start in range(0, n, chunk):
+            ids = range(start + 1, min(n, start + chunk) + 1)
+            conn.execute(
+                insert(prompts), [{"id": i, "text": f"prompt {i}", "source": "bench"} for i in ids]
+            )
+            conn.execute(insert(responses), [
+                {"id": 2 * i - 1 + k, "prompt_id": i, "text": f"answer {k} to {i}",
+                 "model_version": "m"}
+                for i in ids for k in (0, 1)])  # fmt: skip
+            conn.execute(insert(comparisons), [
+                {"id": i, "prompt_id": i, "response_a_id": 2 * i - 1, "response_b_id": 2 * i,
+                 "source": "bench", "required_labels": required, "label_count": 0, "is_gold": False}
+                for i in ids])  # fmt: skip
+        if conn.dialect.name == "postgresql":
+            for table in ("prompts", "responses", "comparisons"):
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {2 * n})"
+                )
+            conn.exec_driver_sql("ANALYZE")
+
+
+def make_users(url: str, n: int) -> list[str]:
+    from prefloop.feedback import accounts
+    from prefloop.feedback.store import PreferenceStore
+
+    with PreferenceStore(url) as store:
+        return [accounts.add_user(store.engine, f"bench{i}").token for i in range(n)]
+
+
+def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
+    from prefloop.feedback.app.settings import ENV_VAR, AppSettings
+
+    settings = AppSettings(db=url, port=port, workers=workers, rate_limit=0.0, gold_rate=0.0,
+                           auth_cache_s=30.0)  # fmt: skip
+    cmd = [sys.executable, "-m", "uvicorn", "prefloop.feedback.app.main:app_from_env", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, ENV_VAR: settings.to_env()})
+    import httpx
+
+    for _ in range(600):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/login", timeout=1)
+            time.sleep(1.0 if workers > 1 else 0)  # let every worker come up
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+# ---- the load generator (runs in its own process) --------------------------------------------
+
+
+async def _request(reader, writer, method: str, path: str, token: str, body: bytes = b"") -> int:  # type: ignore[no-untyped-def]
+    head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    writer.write(head.encode() + body)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def _client(port: int, token: str, jobs: list[tuple], stats: dict, lat: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for method, path, body in jobs:
+        t = time.perf_counter()
+        status = await _request(reader, writer, method, path, token, body)
+        lat.append(time.perf_counter() - t)
+        stats[status] = stats.get(status, 0) + 1
+    writer.close()
+
+
+async def _load(port: int, plan: list[tuple[str, list[tuple]]]) -> dict:
+    stats: dict[int, int] = {}
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(port, tok, jobs, stats, lat) for tok, jobs in plan))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": len(lat), "wall_s": round(wall, 3), "per_s": round(len(lat) / wall, 1),
+            "status": stats, "p50_ms": round(1000 * lat[len(lat) // 2], 2),
+            "p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 2)}  # fmt: skip
+
+
+def loadgen_main(plan_file: str, port: int) -> None:
+    plan = json.loads(Path(plan_file).read_text())
+    plan = [(tok, [(m, p, b.encode()) for m, p, b in jobs]) for tok, jobs in plan]
+    print(json.dumps(asyncio.run(_load(port, plan))))
+
+
+def run_loadgen(port: int, plan: list, tmp: Path) -> dict:
+    plan_file = tmp / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    out = subprocess.run([sys.executable, __file__, "loadgen", str(plan_file), str(port)],
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+def ingest(args: argparse.Namespace, url: str, tmp: Path) -> dict:
+    bulk_seed(url, args.labels)
+    tokens = make_users(url, args.clients)
+    plan = []
+    for i, tok in enumerate(tokens):
+        jobs = []
+        for cid in range(i + 1, args.labels + 1, args.clients):
+            body = {"comparison_id": cid, "choice": "a", "shown_left": "b", "seconds": 3.0,
+                    "idempotency_key": f"bench-{i}-{cid}"}  # fmt: skip
+            jobs.append(("POST", "/api/labels", json.dumps(body)))
+        plan.append((tok, jobs))
+    server = start_server(url, args.port, args.workers)
+    try:
+        run_loadgen(args.port, [(t, j[:20]) for t, j in plan], tmp)  # warm-up (not counted)
+        result = run_loadgen(args.port, [(t, j[20:]) for t, j in plan], tmp)
+    finally:
+        server.terminate()
+        server.wait()
+    return result
+
+
+def next_task(args: argparse.Namespace, url: str, tmp: Path) -> dict:
+    t = time.perf_counter()
+    bulk_seed(url, args.comparisons, required=3)
+    seed_s = time.perf_counter() - t
+    tokens = make_users(url, args.clients)
+    per = max(1, args.requests // args.clients)
+    plan = [(tok, [("GET", "/api/tasks/next", "")] * per) for tok in tokens]
+    server = start_server(url, args.port, args.workers)
+    try:
+        run_loadgen(args.port, [(t, j[:5]) for t, j in plan], tmp)  # warm-up
+        result = run_loadgen(args.port, plan, tmp)
+    finally:
+        server.terminate()
+        server.wait()
+    return {**result, "seed_s": round(seed_s, 1)}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["loadgen"]:
+        loadgen_main(sys.argv[2], int(sys.argv[3]))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("scenario", choices=["ingest", "next"])
+    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--clients", type=int, default=64, help="concurrent clients (one token each)")
+    p.add_argument("--labels", type=int, default=20_000, help="ingest: labels to post")
+    p.add_argument("--comparisons", type=int, default=1_000_000, help="next: comparisons stored")
+    p.add_argument("--requests", type=int, default=2_000, help="next: task fetches to time")
+    p.add_argument("--port", type=int, default=8391)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        url, pg_name = make_db(args.db, Path(d))
+        try:
+            fn = ingest if args.scenario == "ingest" else next_task
+            result = fn(args, url, Path(d))
+        finally:
+            drop_db(pg_name)
+    print(json.dumps({"scenario": args.scenario, "db": args.db, "workers": args.workers,
+                      "clients": args.clients, **result}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
