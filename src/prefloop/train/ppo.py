@@ -380,7 +380,7 @@ def run_ppo(ws: Any, cfg: PpoConfig, *, progress: bool = True) -> Any:
 
     from prefloop.models.lm import load_model_and_tokenizer
     from prefloop.train.loop import train
-    from prefloop.train.rewards import build_reward
+    from prefloop.train.rewards import build_reward, reward_models
 
     policy_path = ws.resolve(cfg.policy)
     policy, tokenizer = load_model_and_tokenizer(policy_path)
@@ -415,6 +415,7 @@ def run_ppo(ws: Any, cfg: PpoConfig, *, progress: bool = True) -> Any:
             "reward": cfg.reward,
             "gold": cfg.gold,
             "value_init": value_source,
+            "reward_versions": [ws.version_of(rm.path) for rm in reward_models(reward)],
         },
     )
     (run_dir / "DONE").write_text(version.name)
