@@ -68,7 +68,7 @@ class LanguageModelingTask:
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
         loss, n = next_token_loss(model, *batch)
-        return loss, {"loss/train": float(loss), "charts/tokens": float(n)}
+        return loss, {"loss/train": loss.item(), "charts/tokens": float(n)}
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         if not self.eval_rows:

@@ -104,6 +104,7 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     opt = make_optimizer(model, cfg)
     result = TrainResult(steps=0)
@@ -135,8 +136,8 @@ def train(
         sums: dict[str, float] = {}
         for batch in batches:
             loss, metrics = task.loss(model, batch)
-            if not _finite(float(loss)):
-                _halt(f"loss is {float(loss)} at step {step + 1}", last_good)
+            if not _finite(loss.item()):
+                _halt(f"loss is {loss.item()} at step {step + 1}", last_good)
             (loss / len(batches)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)

@@ -1,0 +1,93 @@
+"""Invariants of THE training loop (TRL-style): accumulation, updates, NaN guard, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefloop.errors import PrefloopError
+from prefloop.train.checkpoint import latest_checkpoint
+from prefloop.train.lm import LanguageModelingTask
+from prefloop.train.loop import LoopConfig, lr_at, train
+
+
+def _rows(tokenizer, texts, n=16, width=12):
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rows = [r[:width] for r in ids if len(r) >= width][:n]
+    assert len(rows) == n
+    return [(r, r) for r in rows]
+
+
+def _cfg(**kw):
+    base = dict(max_steps=1, lr=1e-2, warmup_steps=0, max_grad_norm=0.0, checkpoint_every=0, log_every=1)
+    return LoopConfig(**{**base, **kw})
+
+
+def test_one_batch_of_8_equals_8_accumulated_batches_of_1(make_model, tokenizer, texts, tmp_path):
+    rows = _rows(tokenizer, texts, n=8)
+    a, b = make_model("gpt2"), make_model("gpt2")
+    pad = tokenizer.pad_token_id
+    # adam_eps >> |g| makes the first AdamW update ~ lr * g: linear in the gradient, so it
+    # compares the accumulated gradients themselves (sign(g) would amplify float noise).
+    cfg = dict(lr=1.0, adam_eps=1.0)
+    train(a, LanguageModelingTask(rows, [], 8, 1, pad), _cfg(**cfg), tmp_path / "a", progress=False)
+    train(b, LanguageModelingTask(rows, [], 1, 8, pad), _cfg(grad_accum=8, **cfg), tmp_path / "b", progress=False)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_every_parameter_changes_after_a_step(make_model, tokenizer, texts, tmp_path):
+    rows = _rows(tokenizer, texts)
+    model = make_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, LanguageModelingTask(rows, [], 4, 1, tokenizer.pad_token_id), _cfg(), tmp_path, progress=False)
+    unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == []
+
+
+def test_warmup_then_cosine_to_floor():
+    cfg = LoopConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+class _NanAt(LanguageModelingTask):
+    def loss(self, model, batch):
+        loss, metrics = super().loss(model, batch)
+        return (loss * float("nan") if self.step == 5 else loss), metrics
+
+    def microbatches(self, step):
+        self.step = step + 1
+        return super().microbatches(step)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(make_model, tokenizer, texts, tmp_path):
+    rows = _rows(tokenizer, texts)
+    task = _NanAt(rows, [], 4, 1, tokenizer.pad_token_id)
+    with pytest.raises(PrefloopError, match=r"loss is nan at step 5; last good checkpoint: .*step-00000004"):
+        train(make_model("gpt2"), task, _cfg(max_steps=10, checkpoint_every=2), tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
+
+
+class _DiesAt(LanguageModelingTask):
+    def microbatches(self, step):
+        if step == 4:
+            raise KeyboardInterrupt  # stands in for a kill after the step-3 checkpoint
+        return super().microbatches(step)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(make_model, tokenizer, texts, tmp_path):
+    rows = _rows(tokenizer, texts)
+    pad = tokenizer.pad_token_id
+    cfg = _cfg(max_steps=6, checkpoint_every=3, deterministic=True, warmup_steps=2)
+    full = make_model("qwen2")
+    train(full, LanguageModelingTask(rows, [], 4, 1, pad), cfg, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model("qwen2"), _DiesAt(rows, [], 4, 1, pad), cfg, tmp_path / "part", progress=False)
+    resumed = make_model("qwen2")
+    torch.manual_seed(123)  # resume must not depend on the RNG state it starts with
+    train(resumed, LanguageModelingTask(rows, [], 4, 1, pad), cfg, tmp_path / "part", resume=True, progress=False)
+    for (name, pa), pb in zip(full.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
