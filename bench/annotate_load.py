@@ -28,9 +28,9 @@ from pathlib import Path
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
-def make_db(kind: str, tmp: Path) -> tuple[str, str | None]:
+def make_db(kind: str, tmp: Path, sqlite_path: str | None = None) -> tuple[str, str | None]:
     if kind == "sqlite":
-        return f"sqlite:///{tmp / 'bench.db'}", None
+        return f"sqlite:///{sqlite_path or tmp / 'bench.db'}", None
     import psycopg
 
     name = f"prefloop_bench_{uuid.uuid4().hex[:8]}"
@@ -82,7 +82,10 @@ def make_users(url: str, n: int) -> list[str]:
     from prefloop.feedback.store import PreferenceStore
 
     with PreferenceStore(url) as store:
-        return [accounts.add_user(store.engine, f"bench{i}").token for i in range(n)]
+        return [
+            accounts.add_user(store.engine, f"bench{i}-{uuid.uuid4().hex[:6]}").token
+            for i in range(n)
+        ]
 
 
 def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
@@ -155,7 +158,7 @@ def run_loadgen(port: int, plan: list, tmp: Path) -> dict:
     plan_file.write_text(json.dumps(plan))
     out = subprocess.run([sys.executable, __file__, "loadgen", str(plan_file), str(port)],
                          check=True, capture_output=True, text=True)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 # ---- scenarios -------------------------------------------------------------------------------
@@ -184,7 +187,8 @@ def ingest(args: argparse.Namespace, url: str, tmp: Path) -> dict:
 
 def next_task(args: argparse.Namespace, url: str, tmp: Path) -> dict:
     t = time.perf_counter()
-    bulk_seed(url, args.comparisons, required=3)
+    if not args.sqlite_path or not Path(args.sqlite_path).exists():
+        bulk_seed(url, args.comparisons, required=3)
     seed_s = time.perf_counter() - t
     tokens = make_users(url, args.clients)
     per = max(1, args.requests // args.clients)
@@ -212,9 +216,12 @@ def main() -> None:
     p.add_argument("--comparisons", type=int, default=1_000_000, help="next: comparisons stored")
     p.add_argument("--requests", type=int, default=2_000, help="next: task fetches to time")
     p.add_argument("--port", type=int, default=8391)
+    p.add_argument(
+        "--sqlite-path", help="next: keep the seeded SQLite file here (reused if present)"
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        url, pg_name = make_db(args.db, Path(d))
+        url, pg_name = make_db(args.db, Path(d), args.sqlite_path)
         try:
             fn = ingest if args.scenario == "ingest" else next_task
             result = fn(args, url, Path(d))

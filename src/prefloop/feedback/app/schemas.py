@@ -72,7 +72,10 @@ class Task(BaseModel):
 
 class Progress(BaseModel):
     labeled: int = Field(description="labels you have given")
-    available: int = Field(description="comparisons still short of labels (all annotators)")
+    available: int | None = Field(
+        description="comparisons still short of labels (all annotators); recounted every few "
+        "seconds in the background, null until the first count"
+    )
 
 
 class TaskOut(BaseModel):

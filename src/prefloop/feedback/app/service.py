@@ -4,24 +4,23 @@ maps to HTTP status codes in one place (app/__init__.py)."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, delete, func, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Engine, select
 
 from prefloop.errors import PrefloopError
 from prefloop.feedback import assign
 from prefloop.feedback.accounts import Principal
 from prefloop.feedback.app import fastpath, schemas
+from prefloop.feedback.app.fastpath import Cursor, read_cursor, write_cursor
 from prefloop.feedback.app.settings import AppSettings
-from prefloop.feedback.app.tables import comparisons, labels, prompts, responses
+from prefloop.feedback.app.tables import labels
 
 STRENGTH_IN = {"slight": 1, "much": 2}
 STRENGTH_OUT: dict[int, Literal["slight", "much"]] = {1: "slight", 2: "much"}
@@ -39,50 +38,34 @@ class Forbidden(PrefloopError):
     pass
 
 
-@contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction. SQLite has one writer at a time: threads of this process queue on
-    a lock instead of on SQLite's busy handler, which sleeps in growing steps (up to 100 ms)
-    and made contended posts slow. Transactions start with BEGIN IMMEDIATE (see the store)."""
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            yield conn
-        return
-    with (
-        fastpath.SQLITE_WRITE_LOCK,
-        engine.execution_options(prefloop_begin="IMMEDIATE").begin() as conn,
-    ):
-        yield conn
-
-
 # ---- tasks --------------------------------------------------------------------------------
 
 
 def next_task(
     engine: Engine, user: Principal, settings: AppSettings, rng: random.Random
 ) -> schemas.Task | None:
-    with write_transaction(engine) as conn:
-        cid = assign.next_comparison(conn, user.id, gold_rate=settings.gold_rate, rng=rng)
+    with write_cursor(engine) as cur:
+        cid = assign.next_comparison(cur, user.id, gold_rate=settings.gold_rate, rng=rng)
         if cid is None:
             return None
-        assign.lease(conn, cid, user.id, settings.lease_s)
-        return _view(conn, cid, rng)
+        assign.lease(cur, cid, user.id, settings.lease_s)
+        return _view(cur, cid, rng)
 
 
-def _view(conn: Connection, comparison_id: int, rng: random.Random) -> schemas.Task:
-    ra, rb = aliased(responses), aliased(responses)
-    row = conn.execute(
-        select(prompts.c.text, prompts.c.messages, ra.c.text, rb.c.text)
-        .select_from(comparisons)
-        .join(prompts, prompts.c.id == comparisons.c.prompt_id)
-        .join(ra, ra.c.id == comparisons.c.response_a_id)
-        .join(rb, rb.c.id == comparisons.c.response_b_id)
-        .where(comparisons.c.id == comparison_id)
-    ).one()
-    prompt, messages, text_a, text_b = row
-    shown_left: Literal["a", "b"] = rng.choice(
-        ("a", "b")
-    )  # a new random side per view, recorded with the label
+_VIEW = """
+SELECT p.text, p.messages, ra.text, rb.text FROM comparisons c
+JOIN prompts p ON p.id = c.prompt_id
+JOIN responses ra ON ra.id = c.response_a_id
+JOIN responses rb ON rb.id = c.response_b_id
+WHERE c.id = ?
+"""
+
+
+def _view(cur: Cursor, comparison_id: int, rng: random.Random) -> schemas.Task:
+    prompt, messages, text_a, text_b = cur.execute(_VIEW, (comparison_id,)).one()
+    if isinstance(messages, str):  # SQLite hands JSON columns back as text
+        messages = json.loads(messages)
+    shown_left: Literal["a", "b"] = rng.choice(("a", "b"))  # random per view, stored with the label
     left, right = (text_a, text_b) if shown_left == "a" else (text_b, text_a)
     turns = None
     if messages:
@@ -103,11 +86,11 @@ def _view(conn: Connection, comparison_id: int, rng: random.Random) -> schemas.T
 
 
 def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
-    with write_transaction(engine) as conn:
-        try:
-            assign.skip(conn, comparison_id, user.id)
-        except PrefloopError as e:
-            raise NotFound(e.message, field="comparison_id") from None
+    try:
+        with write_cursor(engine) as cur:
+            assign.skip(cur, comparison_id, user.id)
+    except PrefloopError as e:
+        raise NotFound(e.message, field="comparison_id") from None
 
 
 # ---- labels -------------------------------------------------------------------------------
@@ -169,31 +152,34 @@ def _label_out(row: Any) -> schemas.LabelOut:
     )
 
 
+_LAST = (
+    "SELECT id, comparison_id, choice, shown_left, strength, reason, seconds, created_at "
+    "FROM labels WHERE annotator_id = ? ORDER BY id DESC LIMIT 1"
+)
+
+
 def undo_last(
     engine: Engine, user: Principal, settings: AppSettings, rng: random.Random
 ) -> tuple[schemas.LabelOut | None, schemas.Task | None]:
     """Delete the annotator's most recent label (if younger than the undo window) and hand the
     comparison back to them."""
-    with write_transaction(engine) as conn:
-        row = conn.execute(
-            select(labels)
-            .where(labels.c.annotator_id == user.id)
-            .order_by(labels.c.id.desc())
-            .limit(1)
-        ).first()
-        if row is None or _age_s(row.created_at) > settings.undo_window_s:
+    with write_cursor(engine) as cur:
+        row = cur.execute(_LAST, (user.id,)).one()
+        if row is None or _age_s(row[7]) > settings.undo_window_s:
             return None, None
-        conn.execute(delete(labels).where(labels.c.id == row.id))
-        conn.execute(
-            update(comparisons)
-            .where(comparisons.c.id == row.comparison_id)
-            .values(label_count=comparisons.c.label_count - 1)
-        )
-        assign.lease(conn, row.comparison_id, user.id, settings.lease_s)
-        return _label_out(row._mapping), _view(conn, row.comparison_id, rng)
+        keys = ("id", "comparison_id", "choice", "shown_left", "strength", "reason", "seconds",
+                "created_at")  # fmt: skip
+        label = dict(zip(keys, row, strict=True))
+        cur.execute("DELETE FROM labels WHERE id = ?", (label["id"],))
+        cur.execute("UPDATE comparisons SET label_count = label_count - 1 WHERE id = ?",
+                    (label["comparison_id"],))  # fmt: skip
+        assign.lease(cur, label["comparison_id"], user.id, settings.lease_s)
+        return _label_out(label), _view(cur, label["comparison_id"], rng)
 
 
-def _age_s(created: datetime) -> float:
+def _age_s(created: datetime | str) -> float:
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
     if created.tzinfo is None:  # SQLite returns naive datetimes (stored as UTC)
         created = created.replace(tzinfo=UTC)
     return (datetime.now(UTC) - created) / timedelta(seconds=1)
@@ -217,34 +203,34 @@ def list_labels(
 
 
 class OpenCount:
-    """Comparisons still short of labels, recounted at most every `ttl_s` seconds: counting the
-    open queue walks an index of up to millions of rows, too slow for every task fetch."""
+    """Comparisons still short of labels, recounted in the background at most every `ttl_s`
+    seconds: counting the open queue walks an index of up to millions of rows (about a second
+    on SQLite), far too slow to do inside a task fetch. None until the first count is done."""
 
     def __init__(self, ttl_s: float = 10.0) -> None:
         self.ttl_s = ttl_s
-        self._value = 0
+        self._value: int | None = None
         self._at = -1e18
         self._lock = threading.Lock()
 
-    def get(self, engine: Engine) -> int:
+    def get(self, engine: Engine) -> int | None:
         with self._lock:
             if time.monotonic() - self._at > self.ttl_s:
-                c = comparisons.c
-                with engine.connect() as conn:
-                    self._value = int(
-                        conn.execute(
-                            select(func.count()).where(
-                                c.label_count < c.required_labels, c.is_gold.is_(False)
-                            )
-                        ).scalar_one()
-                    )
-                self._at = time.monotonic()
+                self._at = time.monotonic()  # one recount at a time
+                threading.Thread(target=self._count, args=(engine,), daemon=True).start()
             return self._value
+
+    def _count(self, engine: Engine) -> None:
+        sql = "SELECT count(*) FROM comparisons WHERE label_count < required_labels AND NOT is_gold"
+        with read_cursor(engine) as cur:
+            value = int(cur.execute(sql).one()[0])
+        with self._lock:
+            self._value = value
 
 
 def progress(engine: Engine, user: Principal, open_count: OpenCount) -> schemas.Progress:
-    with engine.connect() as conn:
-        labeled = conn.execute(
-            select(func.count()).where(labels.c.annotator_id == user.id)
-        ).scalar_one()
-    return schemas.Progress(labeled=int(labeled), available=open_count.get(engine))
+    with read_cursor(engine) as cur:
+        labeled = cur.execute(
+            "SELECT count(*) FROM labels WHERE annotator_id = ?", (user.id,)
+        ).one()
+    return schemas.Progress(labeled=int(labeled[0]), available=open_count.get(engine))

@@ -39,7 +39,8 @@ function renderConversation(task) {
 
 function renderProgress(progress) {
   if (!progress) return;
-  $("progress").textContent = progress.labeled + " labeled · " + progress.available + " available";
+  const open = progress.available === null ? "…" : String(progress.available);
+  $("progress").textContent = progress.labeled + " labeled · " + open + " open";
 }
 
 function showTask(task, progress) {
