@@ -276,3 +276,46 @@ def _save(tokenizer) -> str:
     path = tempfile.mkdtemp(prefix="tok-")
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.mark.slow
+def test_trl_dpo_trainer_trains_a_step_on_the_export(
+    store: PreferenceStore, tmp_path: Path, tokenizer
+) -> None:
+    import torch
+    from datasets import load_dataset
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from trl import DPOConfig, DPOTrainer
+
+    _labelled(store)
+    path, _ = export_file(store, tmp_path / "train.parquet")
+    dataset = load_dataset("parquet", data_files=str(path), split="train")
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    policy, reference = GPT2LMHeadModel(config), GPT2LMHeadModel(config)
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))

@@ -213,59 +213,41 @@ class PreferenceStore:
     ) -> list[ComparisonView]:
         """Comparisons annotator X may label next: short of labels (gold ones: any), not yet
         labelled by X, in id order after `after_id`. gold=False: regular only, True: gold only,
-        None: both. limit=None: all of them."""
-        labelled_by_x = exists().where(
-            Label.comparison_id == Comparison.id, Label.annotator_id == annotator_id
-        )
-        open_ = Comparison.label_count < Comparison.required_labels
+        None: both. limit=None: all of them.
+
+        Plan: a walk of the partial index ix_comparisons_open from `after_id`, probing the
+        (comparison_id, annotator_id) unique index per row; Core, not ORM, because the web app
+        asks this on every task fetch."""
+        c, lab = _COMPARISONS.c, _LABELS.c
+        labelled_by_x = exists().where(lab.comparison_id == c.id, lab.annotator_id == annotator_id)
+        open_ = c.label_count < c.required_labels
         cond: ColumnElement[bool]
         if gold is True:
-            cond = Comparison.is_gold.is_(True)
+            cond = c.is_gold.is_(True)
         elif gold is False:
-            cond = open_ & ~Comparison.is_gold
+            cond = open_ & c.is_gold.is_(False)
         else:
-            cond = open_ | Comparison.is_gold
-        q = (
-            select(Comparison.id)
-            .where(cond, Comparison.id > after_id, ~labelled_by_x)
-            .order_by(Comparison.id)
-            .limit(limit)
-        )
+            cond = open_ | c.is_gold.is_(True)
+        q = select(c.id).where(cond, c.id > after_id, ~labelled_by_x).order_by(c.id).limit(limit)
         if sources:
-            q = q.where(Comparison.source.in_(sources))
-        with self._read() as s:
-            return self._views(s, list(s.scalars(q)))
+            q = q.where(c.source.in_(sources))
+        with self.engine.connect() as conn:
+            return _views(conn, list(conn.scalars(q)))
 
     def pending_comparisons(
         self, limit: int | None = None, sources: Sequence[str] | None = None
     ) -> list[ComparisonView]:
         """Regular comparisons with fewer labels than required, oldest first."""
-        q = select(Comparison.id).where(
-            Comparison.label_count < Comparison.required_labels, ~Comparison.is_gold
-        )
+        c = _COMPARISONS.c
+        q = select(c.id).where(c.label_count < c.required_labels, c.is_gold.is_(False))
         if sources:
-            q = q.where(Comparison.source.in_(sources))
-        with self._read() as s:
-            return self._views(s, list(s.scalars(q.order_by(Comparison.id).limit(limit))))
+            q = q.where(c.source.in_(sources))
+        with self.engine.connect() as conn:
+            return _views(conn, list(conn.scalars(q.order_by(c.id).limit(limit))))
 
     def comparisons(self, ids: Sequence[int]) -> list[ComparisonView]:
-        with self._read() as s:
-            return self._views(s, list(ids))
-
-    def _views(self, s: Session, ids: list[int]) -> list[ComparisonView]:
-        ra, rb = aliased(Response), aliased(Response)
-        q = (
-            select(Comparison, Prompt, ra.text, rb.text)
-            .join(Prompt, Prompt.id == Comparison.prompt_id)
-            .join(ra, ra.id == Comparison.response_a_id)
-            .join(rb, rb.id == Comparison.response_b_id)
-        )
-        by_id = {}
-        for start in range(0, len(ids), _IN_CHUNK):  # bounded IN lists (SQLite caps parameters)
-            chunk = ids[start : start + _IN_CHUNK]
-            for c, p, a, b in s.execute(q.where(Comparison.id.in_(chunk))):
-                by_id[c.id] = ComparisonView(c.id, p.text, p.messages, a, b, c.source, c.is_gold)
-        return [by_id[i] for i in ids if i in by_id]
+        with self.engine.connect() as conn:
+            return _views(conn, list(ids))
 
     def preferences(
         self,
@@ -534,8 +516,35 @@ def _validate_label(lab: LabelIn, where: str, status: dict[int, bool], annotator
         )
 
 
+def _views(conn: Connection, ids: list[int]) -> list[ComparisonView]:
+    by_id = {}
+    for start in range(0, len(ids), _IN_CHUNK):  # bounded IN lists (SQLite caps parameters)
+        chunk = ids[start : start + _IN_CHUNK]
+        for r in conn.execute(_VIEW_QUERY.where(_COMPARISONS.c.id.in_(chunk))):
+            by_id[r.id] = ComparisonView(
+                r.id, r.prompt, r.messages, r.response_a, r.response_b, r.source, r.is_gold
+            )
+    return [by_id[i] for i in ids if i in by_id]
+
+
 _ANNOTATORS: Table = Annotator.__table__  # type: ignore[assignment]
 _PROMPTS: Table = Prompt.__table__  # type: ignore[assignment]
 _RESPONSES: Table = Response.__table__  # type: ignore[assignment]
 _COMPARISONS: Table = Comparison.__table__  # type: ignore[assignment]
 _LABELS: Table = Label.__table__  # type: ignore[assignment]
+
+_RA, _RB = _RESPONSES.alias("ra"), _RESPONSES.alias("rb")
+_VIEW_QUERY = (
+    select(
+        _COMPARISONS.c.id,
+        _PROMPTS.c.text.label("prompt"),
+        _PROMPTS.c.messages,
+        _RA.c.text.label("response_a"),
+        _RB.c.text.label("response_b"),
+        _COMPARISONS.c.source,
+        _COMPARISONS.c.is_gold,
+    )
+    .join_from(_COMPARISONS, _PROMPTS, _PROMPTS.c.id == _COMPARISONS.c.prompt_id)
+    .join(_RA, _RA.c.id == _COMPARISONS.c.response_a_id)
+    .join(_RB, _RB.c.id == _COMPARISONS.c.response_b_id)
+)
