@@ -157,6 +157,11 @@ def gpt2_config(size: str, tokenizer: Any) -> Any:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=1,
+        # dropout off, as prefloop builds its models and as TRL's trainers force anyway
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
     )
 
 
@@ -291,9 +296,14 @@ def run_side(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
+    """Write results; keys already in the file from an earlier run (e.g. another size) stay."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(data)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(path)
     return path
 
 
@@ -306,3 +316,56 @@ PPO_EPOCHS = 4
 PPO_MINIBATCHES = 1
 KL_COEF = 0.05
 TEMPERATURE = 1.0
+
+
+def side_summary(runs: list[dict[str, Any]], work_key: str | None = None) -> dict[str, Any]:
+    """Pool one side's timed steps over its interleaved runs; peak RSS is the max over runs."""
+    pooled = [s for r in runs for s in r["step_seconds"]]
+    out: dict[str, Any] = {
+        "step": stats(pooled),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+    }
+    if work_key:
+        work = statistics.mean(r[work_key] for r in runs)
+        out[work_key] = work
+        out["per_s"] = work / out["step"]["median_s"]
+    return out
+
+
+def pair_summary(
+    runs: dict[str, list[dict[str, Any]]], a: str, b: str, work_key: str | None = None
+) -> dict[str, Any]:
+    """Side a vs side b: speedup = b's median step time / a's (or a's rate / b's with work_key)."""
+    sa, sb = side_summary(runs[a], work_key), side_summary(runs[b], work_key)
+    if work_key:
+        speedup = sa["per_s"] / sb["per_s"]
+    else:
+        speedup = sb["step"]["median_s"] / sa["step"]["median_s"]
+    return {
+        "a": sa,
+        "b": sb,
+        "speedup": speedup,
+        "rss_ratio": sa["peak_rss_mb"] / sb["peak_rss_mb"],
+    }
+
+
+class TimedTask:
+    """Wraps a prefloop training-loop Task: the clock ticks at the loop's step end.
+
+    `every` > 1 ticks once per group of loop steps (PPO: one rollout + its epochs x minibatches
+    is one step on TRL's side). Defined here without importing prefloop."""
+
+    def __init__(self, task: Any, clock: StepClock, every: int = 1) -> None:
+        self.task, self.clock, self.every = task, clock, every
+
+    def microbatches(self, step: int) -> Any:
+        return self.task.microbatches(step)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> Any:
+        return self.task.loss(model, batch)
+
+    def on_step_end(self, step: int, model: torch.nn.Module, row: dict[str, float]) -> Any:
+        extra = self.task.on_step_end(step, model, row) if hasattr(self.task, "on_step_end") else {}
+        if (step + 1) % self.every == 0:
+            self.clock.tick()
+        return extra or {}

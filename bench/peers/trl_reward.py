@@ -68,7 +68,6 @@ def main() -> None:
             use_cpu=True,
             report_to=[],
             save_strategy="no",
-            logging_steps=10_000,
             disable_tqdm=True,
             seed=common.SEED,
             dataloader_drop_last=True,
