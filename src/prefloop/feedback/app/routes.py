@@ -6,6 +6,7 @@ import random
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
@@ -22,13 +23,16 @@ ComparisonId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 bearer = HTTPBearer(auto_error=False, description="token from `prefloop users add` or a login link")
 
 
-def current_user(
+async def current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
+    # async: a cached token costs no thread hop; only a cache miss goes to the database
     if credentials is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    token = credentials.credentials
-    user = request.app.state.tokens.lookup(token) if 0 < len(token) <= 200 else None
+    token, tokens = credentials.credentials, request.app.state.tokens
+    user = None
+    if 0 < len(token) <= 200:
+        user = tokens.cached(token) or await run_in_threadpool(tokens.lookup, token)
     if user is None:
         raise HTTPException(
             401, "invalid or disabled token", headers={"WWW-Authenticate": "Bearer"}
@@ -39,7 +43,7 @@ def current_user(
     return user
 
 
-def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+async def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
     if not user.is_admin:
         raise HTTPException(403, "admin role required")
     return user

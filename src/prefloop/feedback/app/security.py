@@ -38,13 +38,17 @@ class TokenCache:
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
-    def lookup(self, token: str) -> Principal | None:
-        key = hash_secret(token)
-        now = time.monotonic()
+    def cached(self, token: str) -> Principal | None:
+        """The cached owner of `token`, without touching the database."""
         with self._lock:
-            hit = self._entries.get(key)
-            if hit and hit[0] > now:
-                return hit[1]
+            hit = self._entries.get(hash_secret(token))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def lookup(self, token: str) -> Principal | None:
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        key, now = hash_secret(token), time.monotonic()
         user = authenticate(self.engine, token)
         if user is not None and self.ttl_s > 0:
             with self._lock:

@@ -1,0 +1,100 @@
+"""Assignment: overlap k with leases, nobody twice, skips, gold rate (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from prefloop.feedback import accounts, assign
+from prefloop.feedback.app.fastpath import read_cursor, write_cursor
+from prefloop.feedback.store import LabelIn, PreferenceStore
+from tests.feedback.test_app_support import app_pg_url, drop_pg_database, fresh_pg_database, seed
+
+__all__ = ["app_pg_url"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[PreferenceStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'preferences.db'}"
+    else:
+        url = fresh_pg_database(request.getfixturevalue("app_pg_url"), "assign")
+    st = PreferenceStore(url)
+    yield st
+    st.close()
+    if request.param == "postgresql":
+        drop_pg_database(url)
+
+
+def take(store: PreferenceStore, who: int, **kw: object) -> int | None:
+    """next_comparison + lease, as the app does."""
+    with write_cursor(store.engine) as cur:
+        cid = assign.next_comparison(cur, who, **kw)  # type: ignore[arg-type]
+        if cid is not None:
+            assign.lease(cur, cid, who, 60)
+    return cid
+
+
+def test_overlap_leases_and_nobody_twice(store: PreferenceStore) -> None:
+    ids = seed(store, 3, required=2)
+    a, b, c = (accounts.add_user(store.engine, n).id for n in ("a", "b", "c"))
+    assert [take(store, a), take(store, b), take(store, c)] == [ids[0], ids[0], ids[1]]
+    assert take(store, a) == ids[0]  # asking again returns what you hold
+    store.add_labels(a, [LabelIn(ids[0], "a")])
+    assert take(store, a) == ids[1]  # never the one you labelled
+    # leases expire: in 2 minutes b's and c's holds are gone
+    with read_cursor(store.engine) as cur:
+        later = time.time() + 120
+        assert assign.next_comparison(cur, c, now=later) == ids[0]
+
+
+def test_skip_and_unknown(store: PreferenceStore) -> None:
+    ids = seed(store, 2)
+    a = accounts.add_user(store.engine, "a").id
+    with write_cursor(store.engine) as cur:
+        assign.skip(cur, ids[0], a)
+        assign.skip(cur, ids[0], a)  # twice is fine
+    assert take(store, a) == ids[1]
+    with pytest.raises(Exception, match="unknown comparison"), write_cursor(store.engine) as cur:
+        assign.skip(cur, 999_999, a)
+
+
+def test_gold_rate_and_gold_once_each(store: PreferenceStore) -> None:
+    ids = seed(store, 5, gold=2)
+    regular, gold = ids[:5], ids[5:]
+    a, b = (accounts.add_user(store.engine, n).id for n in ("a", "b"))
+    rng = random.Random(0)
+    assert take(store, a, gold_rate=1.0, rng=rng) == gold[0]
+    store.add_labels(a, [LabelIn(gold[0], "a")])
+    assert take(store, b, gold_rate=1.0, rng=rng) == gold[0]  # gold is for everyone
+    assert take(store, a, gold_rate=0.0) == regular[0]  # rate 0: never gold
+    store.add_labels(a, [LabelIn(gold[1], "a")])
+    assert take(store, a, gold_rate=1.0, rng=rng) == regular[0]  # no gold left for a
+    # the rate is honoured statistically
+    with read_cursor(store.engine) as cur:
+        picks = [assign.next_comparison(cur, b, gold_rate=0.3, rng=rng) for _ in range(400)]
+    share = sum(p in gold for p in picks) / len(picks)
+    assert 0.22 < share < 0.38
+
+
+def test_set_overlap(store: PreferenceStore) -> None:
+    ids = seed(store, 2, required=1, gold=1)
+    a, b = (accounts.add_user(store.engine, n).id for n in ("a", "b"))
+    store.add_labels(a, [LabelIn(ids[0], "a")])
+    assert take(store, b) == ids[1]
+    assert assign.set_overlap(store.engine, 2) == 2  # the gold comparison is left alone
+    assert take(store, b) == ids[0]  # ids[0] is open again: it wants a second label
+
+
+def test_open_queue_uses_the_partial_index(tmp_path) -> None:
+    store = PreferenceStore(f"sqlite:///{tmp_path / 'p.db'}")
+    with read_cursor(store.engine) as cur:
+        plan = " ".join(
+            str(r)
+            for r in cur.cur.execute("EXPLAIN QUERY PLAN " + assign.OPEN_QUERY, (1, 1, 1, 0.0))
+        )
+    assert "ix_comparisons_open" in plan
+    store.close()
