@@ -103,6 +103,16 @@ def test_scores_do_not_depend_on_batch_composition_or_padding_side(reward_dir) -
     assert torch.allclose(mixed[0], alone[0], atol=1e-5)
 
 
+def test_right_padded_fast_path_matches_the_masked_path(reward_dir) -> None:
+    model, tok = load_reward_model(reward_dir)
+    rows = [encode_pair(tok, p, r, 64) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    ids, mask = pad_batch(rows, tok.pad_token_id, side="right")
+    with torch.no_grad():
+        masked = reward_forward(model, ids, mask)
+        fast = reward_forward(model, ids, mask, right_padded=True)
+    assert torch.allclose(masked, fast, atol=1e-5)
+
+
 def test_plain_transformers_loads_the_checkpoint_with_identical_scores(reward_dir) -> None:
     ours, tok = load_reward_model(reward_dir)
     plain = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()

@@ -64,17 +64,29 @@ def check_reward_model(model: nn.Module) -> None:
 
 
 def reward_forward(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    right_padded: bool = False,
 ) -> torch.Tensor:
-    """Raw (unnormalized) scores of already-tokenized rows, with gradients.  (B, T) -> (B,)"""
+    """Raw (unnormalized) scores of already-tokenized rows, with gradients.  (B, T) -> (B,)
+
+    `right_padded=True` promises that every row's padding is on the right. A causal model's
+    real tokens then never see the padding, so the mask can be dropped: same scores, and the
+    attention runs as one plain causal kernel instead of a masked one (faster in training).
+    """
     check_reward_model(model)
     backbone = model.base_model
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_for(attention_mask),
-        use_cache=False,
-    ).last_hidden_state  # (B, T, C)
+    if right_padded:
+        hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, C)
+    else:
+        hidden = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask),
+            use_cache=False,
+        ).last_hidden_state  # (B, T, C)
     idx = last_token_index(attention_mask)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
@@ -98,13 +110,31 @@ def encode_pair(
     A compared response is complete, so it ends with EOS. When too long, the prompt loses
     tokens from its start: the response is what the score is about.
     """
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    response_ids = list(tokenizer.encode(response, add_special_tokens=False))
-    if tokenizer.eos_token_id is not None:
-        response_ids.append(int(tokenizer.eos_token_id))
-    response_ids = response_ids[-max_length:]
-    keep = max_length - len(response_ids)
-    return (prompt_ids[-keep:] if keep > 0 else []) + response_ids
+    return encode_pairs(tokenizer, [prompt], [response], max_length)[0]
+
+
+def encode_pairs(
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[dict[str, str]]],
+    responses: Sequence[str],
+    max_length: int,
+) -> list[list[int]]:
+    """`encode_pair` for many rows: responses tokenized in one batched call, each distinct
+    prompt once (pairs share prompts)."""
+    if len(prompts) != len(responses):
+        raise PrefloopError(f"{len(prompts)} prompts but {len(responses)} responses")
+    eos = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
+    encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
+    cache: dict[str, list[int]] = {}
+    out = []
+    for prompt, response_ids in zip(prompts, encoded, strict=True):
+        key = prompt if isinstance(prompt, str) else repr(prompt)
+        if key not in cache:
+            cache[key] = prompt_token_ids(tokenizer, prompt)
+        tail = (list(response_ids) + eos)[-max_length:]
+        keep = max_length - len(tail)
+        out.append((cache[key][-keep:] if keep > 0 else []) + tail)
+    return out
 
 
 def pad_batch(
@@ -177,7 +207,7 @@ def score(
     if pad_id is None:
         raise PrefloopError("the reward model's tokenizer has no pad token")
     limit = max_positions(model)
-    rows = [encode_pair(tokenizer, p, r, limit) for p, r in zip(prompts, responses, strict=True)]
+    rows = encode_pairs(tokenizer, prompts, responses, limit)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = torch.empty(len(rows), dtype=torch.float32)
     was_training = model.training

@@ -29,7 +29,7 @@ from prefloop.errors import PrefloopError
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
-    encode_pair,
+    encode_pairs,
     max_positions,
     pad_batch,
     reward_forward,
@@ -153,38 +153,43 @@ def split_by_prompt(
 
 
 @dataclass
-class EncodedPair:
-    chosen: list[int]
-    rejected: list[int]
-    tie: bool
-    margin: float
+class EncodedPairs:
+    """Training pairs as tensors, built once: row i is pair i's chosen response, row N + i its
+    rejected one, right-padded to the longest row."""
+
+    rows: torch.Tensor  # (2N, L) token ids
+    lengths: torch.Tensor  # (2N,)
+    tie: torch.Tensor  # (N,) bool
+    margin: torch.Tensor  # (N,) float
+
+    def __len__(self) -> int:
+        return int(self.tie.shape[0])
 
 
 def encode_records(
-    records: Sequence[PairRecord], tokenizer: Any, max_length: int, margin: float
-) -> list[EncodedPair]:
-    out = []
-    for r in records:
-        m = margin * float(r.strength or 0)
-        out.append(
-            EncodedPair(
-                encode_pair(tokenizer, r.context, r.chosen, max_length),
-                encode_pair(tokenizer, r.context, r.rejected, max_length),
-                r.tie,
-                0.0 if r.tie else m,
-            )
-        )
-    return out
+    records: Sequence[PairRecord], tokenizer: Any, max_length: int, margin: float, pad_id: int
+) -> EncodedPairs:
+    contexts = [r.context for r in records]
+    ids = encode_pairs(
+        tokenizer, contexts + contexts, [r.chosen for r in records] + [r.rejected for r in records],
+        max_length,
+    )  # fmt: skip
+    rows, mask = pad_batch(ids, pad_id) if ids else (torch.zeros(0, 1), torch.zeros(0, 1))
+    strength = torch.tensor([float(r.strength or 0) for r in records])
+    tie = torch.tensor([r.tie for r in records], dtype=torch.bool)
+    return EncodedPairs(rows.long(), mask.sum(1), tie, torch.where(tie, 0.0, margin * strength))
 
 
-def collate_pairs(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """2B right-padded rows (chosen first, then rejected), tie flags and margins."""
-    ids, mask = pad_batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def collate_pairs(pairs: EncodedPairs, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pairs at `index` as 2B right-padded rows (chosen first, then rejected)."""
+    rows = torch.cat([index, index + len(pairs)])  # (2B,)
+    lengths = pairs.lengths[rows]
+    width = int(lengths.max())
     return {
-        "input_ids": ids,  # (2B, T)
-        "attention_mask": mask,  # (2B, T)
-        "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),  # (B,)
-        "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32),  # (B,)
+        "input_ids": pairs.rows[rows, :width],  # (2B, T)
+        "attention_mask": (torch.arange(width) < lengths[:, None]).long(),  # (2B, T)
+        "tie": pairs.tie[index],  # (B,)
+        "margin": pairs.margin[index],  # (B,)
     }
 
 
@@ -196,38 +201,40 @@ class RewardTask:
     Batch `step` is a deterministic function of (seed, step), so a resumed run sees the same data.
     """
 
-    pairs: list[EncodedPair]
+    pairs: EncodedPairs
     batch_size: int
     grad_accum: int
-    pad_id: int
     seed: int = 0
     center_coef: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.pairs:
+        if not len(self.pairs):
             raise PrefloopError("no training pairs (all comparisons were held out or skipped)")
-        self._perms: dict[int, list[int]] = {}
+        self._perm: tuple[int, torch.Tensor] | None = None
 
-    def _index(self, k: int) -> int:
-        epoch, pos = divmod(k, len(self.pairs))
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(len(self.pairs), generator=g).tolist()}
-        return self._perms[epoch][pos]
+    def _indices(self, start: int, n: int) -> torch.Tensor:
+        """Positions start .. start+n-1 of the endless stream of shuffled epochs."""
+        out = []
+        for k in range(start, start + n):
+            epoch, pos = divmod(k, len(self.pairs))
+            if self._perm is None or self._perm[0] != epoch:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                self._perm = (epoch, torch.randperm(len(self.pairs), generator=g))
+            out.append(self._perm[1][pos])
+        return torch.stack(out)
 
     def microbatches(self, step: int) -> list[dict[str, torch.Tensor]]:
         start = step * self.batch_size * self.grad_accum
-        out = []
-        for m in range(self.grad_accum):
-            first = start + m * self.batch_size
-            chunk = [self.pairs[self._index(first + j)] for j in range(self.batch_size)]
-            out.append(collate_pairs(chunk, self.pad_id))
-        return out
+        return [
+            collate_pairs(self.pairs, self._indices(start + m * self.batch_size, self.batch_size))
+            for m in range(self.grad_accum)
+        ]
 
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        r = reward_forward(model, batch["input_ids"], batch["attention_mask"])  # type: ignore[arg-type]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        r = reward_forward(model, ids, mask, right_padded=True)  # type: ignore[arg-type]  # (2B,)
         b = batch["tie"].shape[0]
         r_chosen, r_rejected = r[:b], r[b:]  # (B,), (B,)
         tie = batch["tie"]
@@ -244,8 +251,8 @@ class RewardTask:
             acc = (r_chosen > r_rejected)[decided].float().mean() if decided.any() else None
         metrics = {
             "loss/reward": float(per_pair.detach().mean()),
-            "charts/reward_gap": float((r_chosen - r_rejected).mean()),
-            "charts/reward_mean": float(r.mean()),
+            "charts/reward_gap": float((r_chosen - r_rejected).detach().mean()),
+            "charts/reward_mean": float(r.detach().mean()),
         }
         if acc is not None:
             metrics["charts/train_accuracy"] = float(acc)
@@ -290,14 +297,14 @@ def train_reward_model(
     train_records, heldout = split_by_prompt(records, cfg.heldout_fraction, cfg.seed)
     tokenizer = load_tokenizer(sft_path)
     pad_id = int(tokenizer.pad_token_id)
-    models, seconds = [], 0.0
+    models: list[Any] = []
+    seconds, pairs = 0.0, None
     for i in range(cfg.ensemble):
         model = build_reward_model(sft_path, tokenizer, seed=cfg.seed + i)
-        max_length = cfg.max_length or max_positions(model)
-        pairs = encode_records(train_records, tokenizer, max_length, cfg.margin)
-        task = RewardTask(
-            pairs, cfg.batch_size, cfg.grad_accum, pad_id, cfg.seed + i, cfg.center_coef
-        )
+        if pairs is None:
+            max_length = cfg.max_length or max_positions(model)
+            pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
+        task = RewardTask(pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef)
         loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
         member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
         member_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from prefloop.train.reward import PairRecord
 
 CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CLEAR_GOLD_GAP = 0.1  # `accuracy_gold_clear`: pairs whose gold scores differ at least this much
 
 
 def calibration_table(p_chosen: torch.Tensor) -> list[dict[str, Any]]:
@@ -96,4 +97,6 @@ def heldout_metrics(
     if use_gold:
         acc, n, agreement = gold_accuracy(decided, gap, eps)
         metrics.update(accuracy_gold=acc, gold_pairs=n, label_gold_agreement=agreement)
+        clear, n_clear, _ = gold_accuracy(decided, gap, max(eps, CLEAR_GOLD_GAP))
+        metrics.update(accuracy_gold_clear=clear, gold_pairs_clear=n_clear)
     return metrics
