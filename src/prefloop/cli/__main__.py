@@ -1,0 +1,5 @@
+import sys
+
+from prefloop.cli import main
+
+sys.exit(main())
