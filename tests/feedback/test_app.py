@@ -3,6 +3,7 @@ label path also on PostgreSQL)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, select
 
-from prefloop.cli import main
+from prefloop.cli import annotate as annotate_cli
 from prefloop.feedback.app.tables import comparisons, labels
 from prefloop.feedback.store import PreferenceStore
 from tests.feedback.test_app_support import (
@@ -240,20 +241,10 @@ def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_
     out = c.get("/api/admin/export?method=bradley_terry", headers=admin).json()
     assert [(r["comparison_id"], r["chosen"], r["votes"]) for r in out["rows"]] == [
         (ids[0], "answer B0", 1), (ids[1], "answer B1", 1)]  # fmt: skip
-    db = str(sqlite_store.engine.url)
-    assert (
-        main(
-            [
-                "annotate-export",
-                "--db",
-                db,
-                "--aggregate",
-                "majority",
-                "--out",
-                str(tmp_path / "o.jsonl"),
-            ]
-        )
-        == 0
-    )
-    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    # the CLI's export function (called directly: building the whole CLI imports torch)
+    out_file = tmp_path / "o.jsonl"
+    ns = argparse.Namespace(db=sqlite_store.url, workspace=None, aggregate="majority",
+                            annotator=None, source=None, out=str(out_file))  # fmt: skip
+    assert annotate_cli._export(ns) == 0
+    rows = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert {"prompt", "chosen", "rejected"} <= set(rows[0]) and len(rows) == 2

@@ -19,7 +19,7 @@ from prefloop.feedback.app.main import build_app
 from prefloop.feedback.store import PreferenceStore
 from tests.feedback.test_app_support import SETTINGS, seed
 
-EXAMPLES = 12  # per operation and mode: 14 operations x 2 modes x 12 = ~340 requests
+EXAMPLES = 10  # per operation and mode: 14 operations x 2 modes x 10 = ~280 requests
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from tests.feedback.test_app_support import (
 
 __all__ = ["app_pg_url"]
 CLIENTS = 32
-PER_CLIENT = 20
+PER_CLIENT = 12
 
 
 def _client_loop(base: str, token: str, work: list[int], idx: int, acked: list[str],
