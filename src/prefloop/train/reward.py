@@ -56,7 +56,7 @@ class RewardConfig(LoopConfig):
         [], "comparison sources to learn from (default: all)"
     )
     epochs: float = option(2.0, "passes over the training pairs (sets max_steps when it is 0)")
-    batch_size: int = option(32, "comparison pairs per micro-batch (2x rows: chosen and rejected)")
+    batch_size: int = option(16, "comparison pairs per micro-batch (2x rows: chosen and rejected)")
     max_length: int = option(0, "prompt+response tokens kept, prompt cut first (0 = model context)")
     ties: str = option(
         "skip", "tie / both-bad labels: 'skip' or 'equal' (train toward equal scores)"
@@ -75,8 +75,9 @@ class RewardConfig(LoopConfig):
         0.05, "held-out pairs whose gold scores differ less are not scored"
     )
     ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
+    group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
     max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
-    lr: float = option(1e-3, "peak learning rate")
+    lr: float = option(5e-4, "peak learning rate")
     warmup_steps: int = option(10, "linear warmup steps")
     weight_decay: float = option(0.0, "AdamW weight decay (matrices only)")
     checkpoint_every: int = option(0, "checkpoint every N steps (0 = off; a run takes seconds)")
@@ -167,8 +168,14 @@ class EncodedPairs:
 
 
 def encode_records(
-    records: Sequence[PairRecord], tokenizer: Any, max_length: int, margin: float, pad_id: int
+    records: Sequence[PairRecord],
+    tokenizer: Any,
+    max_length: int,
+    margin: float = 0.0,
+    pad_id: int | None = None,
 ) -> EncodedPairs:
+    """Tokenize every pair once; `margin` x label strength is each pair's Bradley-Terry margin."""
+    pad_id = int(tokenizer.pad_token_id) if pad_id is None else pad_id
     contexts = [r.context for r in records]
     ids = encode_pairs(
         tokenizer, contexts + contexts, [r.chosen for r in records] + [r.rejected for r in records],
@@ -206,21 +213,38 @@ class RewardTask:
     grad_accum: int
     seed: int = 0
     center_coef: float = 0.0
+    group_by_length: bool = True
+
+    GROUP = 32  # batches per length-sorting window
 
     def __post_init__(self) -> None:
         if not len(self.pairs):
             raise PrefloopError("no training pairs (all comparisons were held out or skipped)")
-        self._perm: tuple[int, torch.Tensor] | None = None
+        n = len(self.pairs)
+        self._pair_length = torch.maximum(self.pairs.lengths[:n], self.pairs.lengths[n:])
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """A shuffled order of the pairs. With `group_by_length`, each window of GROUP batches
+        is sorted by length and the resulting batches are shuffled: batches hold pairs of
+        similar length, so less compute goes to padding (TRL's group_by_length, here seeded)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.pairs), generator=g)
+        if not self.group_by_length:
+            return order
+        window = self.batch_size * self.GROUP
+        chunks = [c[self._pair_length[c].argsort(stable=True)] for c in order.split(window)]
+        batches = torch.cat(chunks).split(self.batch_size)
+        return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=g)])
 
     def _indices(self, start: int, n: int) -> torch.Tensor:
         """Positions start .. start+n-1 of the endless stream of shuffled epochs."""
         out = []
         for k in range(start, start + n):
             epoch, pos = divmod(k, len(self.pairs))
-            if self._perm is None or self._perm[0] != epoch:
-                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                self._perm = (epoch, torch.randperm(len(self.pairs), generator=g))
-            out.append(self._perm[1][pos])
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, self._epoch_order(epoch))
+            out.append(self._order[1][pos])
         return torch.stack(out)
 
     def microbatches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -304,7 +328,10 @@ def train_reward_model(
         if pairs is None:
             max_length = cfg.max_length or max_positions(model)
             pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
-        task = RewardTask(pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef)
+        task = RewardTask(
+            pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef,
+            cfg.group_by_length,
+        )  # fmt: skip
         loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
         member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
         member_dir.mkdir(parents=True, exist_ok=True)
