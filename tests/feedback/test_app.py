@@ -248,3 +248,27 @@ def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_
     assert annotate_cli._export(ns) == 0
     rows = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert {"prompt", "chosen", "rejected"} <= set(rows[0]) and len(rows) == 2
+
+
+def test_batch_post_is_all_in_one_transaction_with_per_item_status(store: PreferenceStore) -> None:
+    ids = seed(store, 3)
+    c = client(store)
+    a = user(store, "a1")
+
+    def lab(cid: int, key: str) -> dict:
+        return {"comparison_id": cid, "choice": "tie", "shown_left": "b", "idempotency_key": key}
+
+    batch = [lab(ids[0], "batch-0001"), lab(ids[1], "batch-0002"), lab(ids[1], "batch-0003"),
+             lab(424242, "batch-0004"), lab(ids[0], "batch-0001")]  # fmt: skip
+    out = c.post("/api/labels/batch", json={"labels": batch}, headers=a)
+    assert out.status_code == 200, out.text
+    statuses = [r["status"] for r in out.json()["results"]]
+    assert statuses == ["created", "created", "conflict", "not_found", "duplicate"]
+    again = c.post("/api/labels/batch", json={"labels": batch[:2]}, headers=a).json()["results"]
+    assert [r["status"] for r in again] == ["duplicate", "duplicate"]
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(labels)).scalar_one() == 2
+        counts = dict(conn.execute(select(comparisons.c.id, comparisons.c.label_count)).all())
+    assert counts == {ids[0]: 1, ids[1]: 1, ids[2]: 0}  # refused items changed nothing
+    too_many = {"labels": [lab(ids[2], f"many-{i:05d}") for i in range(101)]}
+    assert c.post("/api/labels/batch", json=too_many, headers=a).status_code in (413, 422)

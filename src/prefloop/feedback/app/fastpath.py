@@ -119,18 +119,36 @@ class UnknownComparison(Exception):
     pass
 
 
-def insert_label(engine: Engine, values: dict[str, Any]) -> int | None:
-    """Insert one label and count it; its id, or None (and no change) when a unique constraint
-    (idempotency key, or one label per annotator and comparison) already holds a row."""
-    new_id: int | None = None
+MISSING = -1  # insert_labels: the comparison does not exist
+
+
+def insert_labels(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None]:
+    """Insert and count labels in ONE transaction (one commit for the whole batch). Per row:
+    the new id; None when a unique constraint (idempotency key, or one label per annotator and
+    comparison) already holds a row; MISSING for an unknown comparison. Rows that are not
+    inserted change nothing."""
+    out: list[int | None] = []
     with write_cursor(engine) as cur:
-        if cur.execute(_BUMP, (1, values["comparison_id"])).rowcount == 0:
-            raise UnknownComparison()
-        row = [values[c] for c in LABEL_COLUMNS]
-        row[-1] = cur.time(values["created_at"])
-        found = cur.execute(_INSERT, row).one()
-        if found is None:
-            raise Rollback()
-        new_id = int(found[0])
-        cur.execute(_RELEASE, (values["comparison_id"], values["annotator_id"]))
+        for values in rows:
+            cid = values["comparison_id"]
+            if cur.execute(_BUMP, (1, cid)).rowcount == 0:
+                out.append(MISSING)
+                continue
+            row = [values[c] for c in LABEL_COLUMNS]
+            row[-1] = cur.time(values["created_at"])
+            found = cur.execute(_INSERT, row).one()
+            if found is None:
+                cur.execute(_BUMP, (-1, cid))  # not inserted: take the count back
+                out.append(None)
+                continue
+            out.append(int(found[0]))
+            cur.execute(_RELEASE, (cid, values["annotator_id"]))
+    return out
+
+
+def insert_label(engine: Engine, values: dict[str, Any]) -> int | None:
+    """insert_labels for one label; raises UnknownComparison for an unknown comparison."""
+    [new_id] = insert_labels(engine, [values])
+    if new_id == MISSING:
+        raise UnknownComparison()
     return new_id

@@ -106,6 +106,14 @@ def post_label(
     return out
 
 
+@router.post("/labels/batch", response_model=schemas.LabelBatchOut, tags=["labeling"])
+def post_labels(body: schemas.LabelBatchIn, user: User, request: Request) -> schemas.LabelBatchOut:
+    """Up to 100 labels in one transaction (for scripts and importers). Every item gets its own
+    status: created, duplicate (idempotency key already stored), conflict or not_found; nothing
+    is acknowledged before the commit."""
+    return service.post_labels(request.app.state.engine, user, body)
+
+
 @router.post("/labels/undo", response_model=schemas.UndoOut, tags=["labeling"])
 def undo(user: User, request: Request) -> schemas.UndoOut:
     """Delete your most recent label (within the undo window); its comparison comes back."""

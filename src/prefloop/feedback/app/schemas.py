@@ -111,6 +111,20 @@ class LabelPosted(BaseModel):
     duplicate: bool = Field(description="true when this idempotency key was already stored")
 
 
+class LabelBatchIn(Strict):
+    labels: list[LabelIn] = Field(min_length=1, max_length=100)
+
+
+class BatchItem(BaseModel):
+    status: Literal["created", "duplicate", "conflict", "not_found"]
+    label_id: int | None = None
+    detail: str | None = None
+
+
+class LabelBatchOut(BaseModel):
+    results: list[BatchItem] = Field(description="one per posted label, in order")
+
+
 class UndoOut(BaseModel):
     undone: LabelOut | None
     task: Task | None

@@ -96,12 +96,8 @@ def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
 # ---- labels -------------------------------------------------------------------------------
 
 
-def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
-    """Store one label: one UPDATE (label_count, which also proves the comparison exists) and one
-    INSERT .. ON CONFLICT DO NOTHING in one transaction (fastpath.py); a retry with the same
-    idempotency key returns the stored label instead of a duplicate."""
-    now = datetime.now(UTC)
-    values = {
+def _values(user: Principal, body: schemas.LabelIn, now: datetime) -> dict[str, Any]:
+    return {
         "comparison_id": body.comparison_id,
         "annotator_id": user.id,
         "choice": body.choice,
@@ -112,6 +108,13 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
         "idempotency_key": body.idempotency_key,
         "created_at": now,
     }
+
+
+def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
+    """Store one label: one UPDATE (label_count, which also proves the comparison exists) and one
+    INSERT .. ON CONFLICT DO NOTHING in one transaction (fastpath.py); a retry with the same
+    idempotency key returns the stored label instead of a duplicate."""
+    values = _values(user, body, datetime.now(UTC))
     try:
         new_id = fastpath.insert_label(engine, values)
     except fastpath.UnknownComparison:
@@ -121,6 +124,31 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
     if new_id is None:
         return _resolve_replay(engine, user, body)
     return schemas.LabelPosted(label=_label_out({**values, "id": new_id}), duplicate=False)
+
+
+def post_labels(
+    engine: Engine, user: Principal, batch: schemas.LabelBatchIn
+) -> schemas.LabelBatchOut:
+    """Many labels, one transaction and one commit; each item succeeds or fails on its own and
+    is acknowledged only after the commit."""
+    now = datetime.now(UTC)
+    values = [_values(user, body, now) for body in batch.labels]
+    results = []
+    new_ids = fastpath.insert_labels(engine, values)
+    for body, new_id in zip(batch.labels, new_ids, strict=True):
+        if new_id == fastpath.MISSING:
+            missing = f"unknown comparison id {body.comparison_id}"
+            item = schemas.BatchItem(status="not_found", detail=missing)
+        elif new_id is not None:
+            item = schemas.BatchItem(status="created", label_id=new_id)
+        else:
+            try:
+                old = _resolve_replay(engine, user, body)
+                item = schemas.BatchItem(status="duplicate", label_id=old.label.id)
+            except Conflict as e:
+                item = schemas.BatchItem(status="conflict", detail=e.message)
+        results.append(item)
+    return schemas.LabelBatchOut(results=results)
 
 
 def _resolve_replay(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
