@@ -37,8 +37,8 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
     total = warmup + steps
     rows = common.json.loads(setup.pairs.read_text())[: BATCH * total]
     records = [PairRecord(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
-    pairs = encode_records(records, tok, MAX_LENGTH, 0.0)
-    task = RewardTask(pairs, BATCH, 1, int(tok.pad_token_id), seed=common.SEED)
+    pairs = encode_records(records, tok, MAX_LENGTH)
+    task = RewardTask(pairs, batch_size=BATCH, grad_accum=1, seed=common.SEED)
     clock = common.StepClock(warmup)
     cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0)
     with tempfile.TemporaryDirectory() as run_dir:
