@@ -28,15 +28,21 @@ from pathlib import Path
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
-def make_db(kind: str, tmp: Path, sqlite_path: str | None = None) -> tuple[str, str | None]:
+def make_db(kind: str, tmp: Path, keep: str | None = None) -> tuple[str, str | None, bool]:
+    """(url, database to drop at the end, whether it already existed). `keep`: a SQLite path
+    or PostgreSQL database name that is kept (and reused when present)."""
     if kind == "sqlite":
-        return f"sqlite:///{sqlite_path or tmp / 'bench.db'}", None
+        path = Path(keep) if keep else tmp / "bench.db"
+        return f"sqlite:///{path}", None, path.exists()
     import psycopg
 
-    name = f"prefloop_bench_{uuid.uuid4().hex[:8]}"
+    name = keep or f"prefloop_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", name
+        exists = c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            c.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    return url, None if keep else name, bool(exists)
 
 
 def drop_db(name: str | None) -> None:
@@ -169,25 +175,46 @@ def ingest(args: argparse.Namespace, url: str, tmp: Path) -> dict:
     tokens = make_users(url, args.clients)
     plan = []
     for i, tok in enumerate(tokens):
-        jobs = []
-        for cid in range(i + 1, args.labels + 1, args.clients):
-            body = {"comparison_id": cid, "choice": "a", "shown_left": "b", "seconds": 3.0,
-                    "idempotency_key": f"bench-{i}-{cid}"}  # fmt: skip
-            jobs.append(("POST", "/api/labels", json.dumps(body)))
+        bodies = [
+            {"comparison_id": cid, "choice": "a", "shown_left": "b", "seconds": 3.0,
+             "idempotency_key": f"bench-{i}-{cid}"}
+            for cid in range(i + 1, args.labels + 1, args.clients)
+        ]  # fmt: skip
+        if args.batch == 1:
+            jobs = [("POST", "/api/labels", json.dumps(b)) for b in bodies]
+        else:
+            jobs = [
+                ("POST", "/api/labels/batch", json.dumps({"labels": bodies[k : k + args.batch]}))
+                for k in range(0, len(bodies), args.batch)
+            ]
         plan.append((tok, jobs))
+    warm = max(1, 20 // args.batch)
     server = start_server(url, args.port, args.workers)
     try:
-        run_loadgen(args.port, [(t, j[:20]) for t, j in plan], tmp)  # warm-up (not counted)
-        result = run_loadgen(args.port, [(t, j[20:]) for t, j in plan], tmp)
+        run_loadgen(args.port, [(t, j[:warm]) for t, j in plan], tmp)  # warm-up (not counted)
+        result = run_loadgen(args.port, [(t, j[warm:]) for t, j in plan], tmp)
     finally:
         server.terminate()
         server.wait()
-    return result
+    labels = sum(body.count('"idempotency_key"') for _, jobs in plan for _, _, body in jobs[warm:])
+    stored = count_labels(url)
+    return {**result, "batch": args.batch, "labels_per_s": round(labels / result["wall_s"], 1),
+            "labels_stored": stored}  # fmt: skip
+
+
+def count_labels(url: str) -> int:
+    from sqlalchemy import func, select
+
+    from prefloop.feedback.app.tables import labels
+    from prefloop.feedback.store import PreferenceStore
+
+    with PreferenceStore(url) as store, store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(labels)).scalar_one())
 
 
 def next_task(args: argparse.Namespace, url: str, tmp: Path) -> dict:
     t = time.perf_counter()
-    if not args.sqlite_path or not Path(args.sqlite_path).exists():
+    if not args.reused:
         bulk_seed(url, args.comparisons, required=3)
     seed_s = time.perf_counter() - t
     tokens = make_users(url, args.clients)
@@ -213,15 +240,23 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients (one token each)")
     p.add_argument("--labels", type=int, default=20_000, help="ingest: labels to post")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="ingest: labels per request (1: POST /api/labels, more: /api/labels/batch)",
+    )
     p.add_argument("--comparisons", type=int, default=1_000_000, help="next: comparisons stored")
     p.add_argument("--requests", type=int, default=2_000, help="next: task fetches to time")
     p.add_argument("--port", type=int, default=8391)
     p.add_argument(
-        "--sqlite-path", help="next: keep the seeded SQLite file here (reused if present)"
+        "--keep",
+        help="keep the seeded store (SQLite path or PostgreSQL database "
+        "name) and reuse it when present (next scenario)",
     )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        url, pg_name = make_db(args.db, Path(d), args.sqlite_path)
+        url, pg_name, args.reused = make_db(args.db, Path(d), args.keep)
         try:
             fn = ingest if args.scenario == "ingest" else next_task
             result = fn(args, url, Path(d))
