@@ -251,6 +251,8 @@ def build_reward_model(sft_ref: str | Path, tokenizer: Any, seed: int = 0) -> Pr
     finally:
         hf_logging.set_verbosity(verbosity)
     check_reward_model(model)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))  # a pad token added by load_tokenizer
     d_model = model.score.in_features
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
