@@ -104,3 +104,24 @@ def test_bad_prompt_file_names_row(workspace: Workspace, tmp_path: Path) -> None
     bad.write_text('{"prompt": "fine"}\n{"text": "no prompt field"}\n')
     with pytest.raises(PrefloopError, match="row 2"):
         run_ppo(workspace, cfg_for(workspace, prompts=str(bad)), progress=False)
+
+
+def test_reward_model_with_another_tokenizer(workspace: Workspace, texts, tmp_path: Path) -> None:
+    """The reward model re-tokenizes the text; the value network then starts from the policy."""
+    from prefloop.models.lm import build_model, save_pretrained
+    from prefloop.models.reward import build_reward_model
+    from prefloop.models.tokenizer import train_bpe_tokenizer
+
+    other_tok = train_bpe_tokenizer(texts[::-1], vocab_size=300)
+    base = save_pretrained(
+        build_model("llama", other_tok, n_layer=1, n_embd=32, n_head=2, context=64),
+        other_tok,
+        tmp_path / "other-base",
+    )
+    rm = workspace.save_model(build_reward_model(base, other_tok), other_tok, "reward")
+    v = run_ppo(
+        workspace, cfg_for(workspace, reward=[rm.name], rollouts=1, gold=""), progress=False
+    )
+    assert v.meta["value_init"] == "policy"
+    assert v.meta["reward_versions"] == [rm.name]
+    assert "score" in v.meta["metrics"]
