@@ -244,10 +244,12 @@ def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_
     # the CLI's export function (called directly: building the whole CLI imports torch)
     out_file = tmp_path / "o.jsonl"
     ns = argparse.Namespace(db=sqlite_store.url, workspace=None, aggregate="majority",
-                            annotator=None, source=None, out=str(out_file))  # fmt: skip
+                            annotator=None, source=None, out=str(out_file), format=None,
+                            style="auto", overwrite=False)  # fmt: skip
     assert annotate_cli._export(ns) == 0
     rows = [json.loads(x) for x in out_file.read_text().splitlines()]
-    assert {"prompt", "chosen", "rejected"} <= set(rows[0]) and len(rows) == 2
+    assert {"prompt", "chosen", "rejected", "p_chosen"} <= set(rows[0]) and len(rows) == 2
+    assert (rows[0]["prompt"], rows[0]["chosen"]) == ("prompt 0", "answer B0")  # p2 alone
 
 
 def test_batch_post_is_all_in_one_transaction_with_per_item_status(store: PreferenceStore) -> None:

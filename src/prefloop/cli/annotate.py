@@ -37,7 +37,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from prefloop.feedback.app.admin import export_aggregated, write_jsonl
+    from prefloop.feedback.app.admin import export_aggregated, write_aggregated
     from prefloop.feedback.store import PreferenceStore
 
     url = args.db or Workspace.open(args.workspace).db_url
@@ -45,8 +45,8 @@ def _export(args: argparse.Namespace) -> int:
         out = export_aggregated(
             store.engine, args.aggregate, annotator_names=args.annotator, sources=args.source
         )
-    n = write_jsonl(out.rows, args.out)
-    print(f"wrote {n} aggregated pairs ({out.method}) to {args.out}; "
+    path = write_aggregated(out, args.out, args.format, style=args.style, overwrite=args.overwrite)
+    print(f"wrote {len(out.rows)} aggregated pairs ({out.method}) to {path}; "
           f"{out.dropped_balanced} comparisons with balanced votes left out")  # fmt: skip
     return 0
 
@@ -62,5 +62,21 @@ def register(sub: Any) -> None:
     p.add_argument("--aggregate", choices=["majority", "bradley_terry"], default="majority")
     p.add_argument("--annotator", action="append", help="only these annotators (repeatable)")
     p.add_argument("--source", action="append", help="only comparisons of these sources")
-    p.add_argument("--out", required=True, help="output .jsonl file (TRL preference format)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output: .jsonl, .parquet, or a folder (datasets) in TRL preference format",
+    )
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "parquet", "datasets"],
+        help="output format (default: from the --out suffix)",
+    )
+    p.add_argument(
+        "--style",
+        choices=["auto", "plain", "conversational"],
+        default="auto",
+        help="TRL style (auto: conversational if any prompt is a conversation)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_export)

@@ -7,20 +7,19 @@ they were disabled.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import aliased
 
 from prefloop.errors import PrefloopError
-from prefloop.feedback import quality
+from prefloop.feedback import formats, quality
 from prefloop.feedback.app import schemas
 from prefloop.feedback.app.tables import annotators, comparisons, labels, prompts, responses
+from prefloop.feedback.models import PreferenceRecord
 
 
 def label_records(
@@ -158,31 +157,23 @@ def _comparison_texts(
     return out
 
 
-def trl_row(row: schemas.ExportRow) -> dict[str, Any]:
-    """TRL preference format: plain strings, or conversations when the prompt has messages."""
-    if row.messages:
-        out: dict[str, Any] = {
-            "prompt": row.messages,
-            "chosen": [{"role": "assistant", "content": row.chosen}],
-            "rejected": [{"role": "assistant", "content": row.rejected}],
-        }
-    else:
-        out = {"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected}
-    out.update(comparison_id=row.comparison_id, source=row.source, p_chosen=row.p_chosen,
-               votes=row.votes, agreement=row.agreement)  # fmt: skip
-    return out
-
-
-def write_jsonl(rows: Sequence[schemas.ExportRow], path: str | Path) -> int:
-    """Write atomically (temp file + rename): a failed export never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(trl_row(row), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PrefloopError(f"cannot write export: {e.strerror}", file=str(path)) from None
-    return len(rows)
+def write_aggregated(
+    out: schemas.ExportOut,
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    *,
+    style: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Write aggregated pairs with the store's TRL writer (jsonl | parquet | datasets, chosen
+    from the suffix unless `fmt`; atomic), adding `comparison_id`, `p_chosen` and `votes`
+    columns (TRL's trainers ignore extra columns)."""
+    records = [
+        PreferenceRecord(0, r.comparison_id, r.prompt, r.messages, r.chosen, r.rejected, "a",
+                         None, f"aggregate:{out.method}", "aggregate", r.source)
+        for r in out.rows
+    ]  # fmt: skip
+    rows = formats.to_trl_rows(records, style)
+    for row, r in zip(rows, out.rows, strict=True):
+        row.update(comparison_id=r.comparison_id, p_chosen=r.p_chosen, votes=r.votes)
+    return formats.write_rows(rows, path, formats.format_of(path, fmt), overwrite=overwrite)
