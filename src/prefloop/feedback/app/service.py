@@ -44,7 +44,7 @@ class Forbidden(PrefloopError):
 def next_task(
     engine: Engine, user: Principal, settings: AppSettings, rng: random.Random
 ) -> schemas.Task | None:
-    with write_cursor(engine) as cur:
+    with write_cursor(engine, durable=False) as cur:  # a lease lost in a crash just expires
         cid = assign.next_comparison(cur, user.id, gold_rate=settings.gold_rate, rng=rng)
         if cid is None:
             return None
