@@ -155,7 +155,7 @@ def test_rollout_logprobs_match_sampler_and_rewards(make_model, tokenizer) -> No
     assert exp.rewards.sum(1).tolist() == pytest.approx(exp.scores.tolist(), abs=1e-4)
 
 
-def test_nan_rewards_dropped_then_halt(make_model, tokenizer) -> None:
+def test_nan_rewards_dropped_then_halt(make_model, tokenizer, caplog) -> None:
     def half_nan(prompts: list[str], responses: list[str]) -> list[float]:
         return [math.nan if i % 2 else 1.0 for i in range(len(responses))]
 
@@ -165,6 +165,7 @@ def test_nan_rewards_dropped_then_halt(make_model, tokenizer) -> None:
     r = make_experience(nets, ref, tokenizer, FunctionSource(half_nan), PROMPTS[:8], cfg, 0.05, 1)
     assert len(r.experience) == 4
     assert r.metrics["charts/dropped_samples"] == 4
+    assert "dropped 4 sample(s) whose reward was not a number" in caplog.text
     with pytest.raises(PrefloopError, match="max_nan_rewards=10"):
         make_experience(
             nets,

@@ -9,6 +9,7 @@ Shapes: B = rollout rows, P = padded prompt length, T = response length, V = voc
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from prefloop.train.rewards import RewardSource
 
 if TYPE_CHECKING:
     from prefloop.train.ppo import PpoConfig
+
+log = logging.getLogger("prefloop.ppo")
 
 
 class PolicyAndValue(nn.Module):
@@ -92,7 +95,9 @@ def _drop_nonfinite(scores: Tensor, cfg: PpoConfig, dropped_so_far: int) -> Tens
     dropped = int((~keep).sum())
     if dropped:
         total = dropped_so_far + dropped
-        print(f"ppo: dropped {dropped} sample(s) whose reward was not a number ({total} so far)")
+        log.warning(
+            "dropped %d sample(s) whose reward was not a number (%d so far)", dropped, total
+        )
         if total > cfg.max_nan_rewards:
             raise PrefloopError(
                 f"the reward source returned NaN for {total} samples (more than "
