@@ -124,3 +124,30 @@ def test_label_mouse_keyboard_skip_undo_and_no_xss(server, page, request) -> Non
     except BaseException:
         request.node._app_failed = True
         raise
+
+
+def test_admin_page_disables_and_narrow_screen_stacks(server, page, request) -> None:  # type: ignore[no-untyped-def]
+    base, store = server
+    admin = accounts.add_user(store.engine, "boss", "admin")
+    worker = accounts.add_user(store.engine, "worker")
+    try:
+        page.goto(f"{base}/login")
+        page.fill("#token-input", admin.token)  # the paste-a-token path of the login page
+        page.click("#token-form button[type=submit]")
+        page.wait_for_url(f"{base}/admin")
+        row = page.locator("tr[data-annotator='worker']")
+        row.wait_for()
+        assert "active" in row.inner_text()
+        row.locator("button").click()
+        page.wait_for_selector("tr[data-annotator='worker'].disabled")
+        assert accounts.authenticate(store.engine, worker.token) is None
+        # the labeling page on a phone-sized screen: B goes below A
+        page.set_viewport_size({"width": 500, "height": 900})
+        page.goto(f"{base}/")
+        page.wait_for_selector("#task:not([hidden])")
+        left, right = page.locator("#left").bounding_box(), page.locator("#right").bounding_box()
+        assert left and right and right["y"] >= left["y"] + left["height"] - 1
+        assert page.evaluate("window.__pwned") is None
+    except BaseException:
+        request.node._app_failed = True
+        raise
