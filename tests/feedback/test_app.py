@@ -112,6 +112,7 @@ def test_bad_requests_are_4xx_with_a_message(sqlite_store: PreferenceStore) -> N
         (c.post("/api/labels", json={**good, "reason": "a\x00b"}, headers=h), 422),
         (c.post("/api/labels", json={**good, "extra": 1}, headers=h), 422),
         (c.post("/api/labels", json={**good, "reason": "x" * 5000}, headers=h), 413),
+        (c.post("/api/labels", content=iter([b"x" * 1000] * 10), headers=h), 413),  # chunked
         (c.post("/api/labels", json=good), 401),
         (c.post("/api/labels", json=good, headers={"Authorization": "Bearer nope"}), 401),
         (c.post("/api/tasks/424242/skip", headers=h), 404),

@@ -102,29 +102,31 @@ class GuardMiddleware:
             await _too_large(send, self.max_body)
             return
         seen = 0
-        started = False
+        overflow = False  # a streamed (chunked) body went over the limit
 
         async def limited_receive() -> Any:
-            nonlocal seen
+            nonlocal seen, overflow
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    overflow = True
                     raise _BodyTooLarge()
             return message
 
         async def send_with_headers(message: Any) -> None:
-            nonlocal started
+            if overflow:  # whatever the app answers to the aborted read, the answer is 413
+                if message["type"] == "http.response.start":
+                    await _too_large(send, self.max_body)
+                return
             if message["type"] == "http.response.start":
-                started = True
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
         except _BodyTooLarge:
-            if not started:
-                await _too_large(send, self.max_body)
+            await _too_large(send, self.max_body)
 
 
 class _BodyTooLarge(Exception):
