@@ -17,6 +17,7 @@ from prefloop.feedback.store import (
     PreferenceStore,
     PromptIn,
     ResponseIn,
+    next_task_query,
 )
 
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
@@ -271,11 +272,12 @@ def test_concurrent_labels_keep_exact_counts(store: PreferenceStore) -> None:
 
 def test_next_task_query_uses_the_open_queue_index(tmp_path) -> None:
     with PreferenceStore(f"sqlite:///{tmp_path / 'p.db'}") as st, st.engine.connect() as c:
-        plan = c.exec_driver_sql(
-            "EXPLAIN QUERY PLAN SELECT id FROM comparisons WHERE label_count < required_labels "
-            "AND NOT is_gold ORDER BY id LIMIT 1"
-        ).all()
-        assert "ix_comparisons_open" in " ".join(str(row) for row in plan)
+        sql = next_task_query(7, 1).compile(st.engine, compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(row) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "USING INDEX ix_comparisons_open" in plan
+        assert (
+            "SEARCH labels USING INDEX" in plan and "(comparison_id=? AND annotator_id=?)" in plan
+        )
 
 
 @pytest.mark.parametrize(
