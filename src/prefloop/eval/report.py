@@ -145,11 +145,11 @@ def _plot_bars(
         lo, hi = kept[n][1], kept[n][2]
         low.append(v - lo if lo is not None else 0.0)
         high.append(hi - v if hi is not None else 0.0)
-    ax.bar(names, values, yerr=[low, high], capsize=6, color="tab:purple", alpha=0.8)
+    ax.bar(names, values, yerr=[low, high], capsize=6, color="tab:purple", alpha=0.8, width=0.5)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set(title=title, ylim=ylim)
     for i, v in enumerate(values):
-        ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
+        ax.text(i, v / 2, f"{v:.3f}", ha="center", color="white", fontweight="bold")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
