@@ -104,9 +104,15 @@ def synthetic_history(rollouts: int, score, gold) -> list[dict[str, float]]:
 def test_over_optimization_flag() -> None:
     healthy = synthetic_history(12, lambda r: 0.2 * r, lambda r: 0.05 * r)
     hacked = synthetic_history(12, lambda r: 0.2 * r, lambda r: 0.3 - 0.02 * max(0, r - 5))
+    # gold saturates near its ceiling while the reward model keeps climbing
+    saturated = synthetic_history(16, lambda r: 0.2 * r, lambda r: 0.98 - 0.9 * math.exp(-r / 2.0))
+    plateau = synthetic_history(12, lambda r: min(r, 6) * 0.3, lambda r: min(r, 6) * 0.1)
     assert over_optimization(healthy)["flagged"] is False
+    assert over_optimization(plateau)["flagged"] is False  # both converged: nothing to flag
     flagged = over_optimization(hacked)
     assert flagged["flagged"] is True and flagged["score_rise"] > 1.0 and flagged["gold_rise"] < 0
+    sat = over_optimization(saturated)
+    assert sat["flagged"] is True and sat["gold_rise"] > 0
     no_gold = [{k: v for k, v in row.items() if k != "charts/gold"} for row in healthy]
     assert over_optimization(no_gold)["checked"] is False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,39 +51,54 @@ def series(history: list[dict[str, float]], key: str, per_rollout: bool = False)
     return xs, ys
 
 
-def _slope(ys: list[float]) -> float:
+def _slope(ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope of ys against 0..n-1 and its standard error."""
     n = len(ys)
-    if n < 2:
-        return 0.0
+    if n < 3:
+        return 0.0, math.inf
     mx, my = (n - 1) / 2, sum(ys) / n
-    num = sum((i - mx) * (y - my) for i, y in enumerate(ys))
-    return num / sum((i - mx) ** 2 for i in range(n))
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    slope = sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
+    resid = sum((y - my - slope * (i - mx)) ** 2 for i, y in enumerate(ys))
+    return slope, math.sqrt(resid / (n - 2) / sxx)
 
 
 def over_optimization(
-    history: list[dict[str, float]], min_rise: float = 0.1, gold_tolerance: float = 0.01
+    history: list[dict[str, float]], min_move: float = 0.1, gold_share: float = 0.25
 ) -> dict[str, Any]:
-    """Reward hacking check over the last half of training: the reward-model score rose (by more
-    than `min_rise`, in its normalized units) while the gold score stayed flat or fell (rose by
-    no more than `gold_tolerance`). Rises are linear-fit slopes times the number of rollouts."""
+    """Reward-hacking check over the last half of training (per rollout).
+
+    Each series' rise over the last half (linear-fit slope times its length) is divided by the
+    series' range over the whole run, so the reward-model score and gold, on different scales,
+    compare as "share of their whole movement that happened late". Flagged when the
+    reward-model score still moves (rise > `min_move` of its range) while gold rises by less
+    than `gold_share` of that (relative to its own range): gold flat, saturated or falling.
+    Both conditions must hold beyond the rollout-to-rollout noise (two standard errors).
+    """
     _, score = series(history, "charts/score", per_rollout=True)
     _, gold = series(history, "charts/gold", per_rollout=True)
     if not gold or len(score) < 4:
-        return {
-            "checked": False,
-            "flagged": False,
-            "why": "no gold scorer" if not gold else "too few rollouts",
-        }
+        why = "no gold scorer" if not gold else "too few rollouts"
+        return {"checked": False, "flagged": False, "why": why}
     half = len(score) // 2
-    score_rise = _slope(score[half:]) * (len(score) - half)
-    gold_rise = _slope(gold[half:]) * (len(gold) - half)
-    flagged = score_rise > min_rise and gold_rise <= gold_tolerance
+    n = len(score) - half
+    s_slope, s_se = _slope(score[half:])
+    g_slope, g_se = _slope(gold[half:])
+    s_range = max(max(score) - min(score), 1e-9)
+    g_range = max(max(gold) - min(gold), 1e-9)
+    score_rel, gold_rel = s_slope * n / s_range, g_slope * n / g_range
+    # noise guard: the score's rise must be clear (t > 2), and even gold's optimistic rise
+    # (slope + 2 standard errors) must stay below gold_share of it
+    gold_rel_high = (g_slope + 2 * g_se) * n / g_range
+    flagged = score_rel > min_move and s_slope > 2 * s_se and gold_rel_high < gold_share * score_rel
     return {
         "checked": True,
         "flagged": flagged,
-        "score_rise": score_rise,
-        "gold_rise": gold_rise,
-        "rollouts_checked": len(score) - half,
+        "score_rise": s_slope * n,
+        "gold_rise": g_slope * n,
+        "score_rise_of_range": score_rel,
+        "gold_rise_of_range": gold_rel,
+        "rollouts_checked": n,
     }
 
 
@@ -275,7 +291,15 @@ def _tables(
         else f"not checked ({overopt['why']})"
     )
     rows = [["verdict", verdict]] + [
-        [k, overopt[k]] for k in ("score_rise", "gold_rise", "rollouts_checked") if k in overopt
+        [k, overopt[k]]
+        for k in (
+            "score_rise",
+            "gold_rise",
+            "score_rise_of_range",
+            "gold_rise_of_range",
+            "rollouts_checked",
+        )
+        if k in overopt
     ]
     tables.append(("Over-optimization check (last half of training)", ["", ""], rows))
     if evaluation and evaluation.get("samples"):
