@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="ppo_vs_trl.json", help="results file under bench/results/")
     args = ap.parse_args()
     common.apply_threads()
     if args.side:
@@ -135,7 +136,7 @@ def main() -> None:
             f"{r['b']['peak_rss_mb']:.0f} |",
             flush=True,
         )
-    print(f"wrote {common.write_json('ppo_vs_trl.json', out)}")
+    print(f"wrote {common.write_json(args.out, out)}")
 
 
 if __name__ == "__main__":
