@@ -92,7 +92,8 @@ def run_demo(ws: Workspace, cfg: DemoConfig) -> dict[str, Any]:
         print(f"        {p}\u2502{t}")
     if len(stages) > 2:
         with PreferenceStore(ws.db_url) as store:
-            pcfg = PairsConfig(model=sv.name, default_prompts=cfg.comparisons, seed=cfg.seed, source="demo")
+            pcfg = PairsConfig(model=sv.name, default_prompts=cfg.comparisons, seed=cfg.seed, source="demo",
+                               max_new_tokens=32)  # the same response budget PPO and eval use
             bar.run("pairs", lambda: generate_pairs(store, pcfg, str(sv.path), sv.name),
                     lambda s: f"{s.comparisons} comparisons from {s.prompts} prompts ({s.dropped_identical} identical dropped)")
             if "label" in stages:
