@@ -11,10 +11,38 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-WORDS = (
-    "the movie was great bad terrible wonderful blender headphones i loved hated it this product "
-    "works fine broke after a week and but really quite sound battery plot actors boring"
-).split()
+WORDS = [
+    "the",
+    "movie",
+    "was",
+    "great",
+    "bad",
+    "terrible",
+    "wonderful",
+    "blender",
+    "headphones",
+    "i",
+    "loved",
+    "hated",
+    "it",
+    "this",
+    "product",
+    "works",
+    "fine",
+    "broke",
+    "after",
+    "a",
+    "week",
+    "and",
+    "but",
+    "really",
+    "quite",
+    "sound",
+    "battery",
+    "plot",
+    "actors",
+    "boring",
+]
 
 
 def _texts(n: int, seed: int = 0) -> list[str]:

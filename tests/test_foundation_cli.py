@@ -15,8 +15,20 @@ import torch
 from safetensors.torch import load_file
 
 PREFLOOP = [sys.executable, "-m", "prefloop.cli"]
-SMALL = ["--embedded-docs", "400", "--size", "tiny", "--context", "32", "--batch-size", "8",
-         "--vocab-size", "512", "--log-every", "1"]
+SMALL = [
+    "--embedded-docs",
+    "400",
+    "--size",
+    "tiny",
+    "--context",
+    "32",
+    "--batch-size",
+    "8",
+    "--vocab-size",
+    "512",
+    "--log-every",
+    "1",
+]
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -41,7 +53,9 @@ def test_bad_flag_is_one_line_exit_2(tmp_path):
 
 
 def test_missing_model_path(tmp_path):
-    line = one_line_error(run("sft", "--workspace", str(tmp_path), "--model", str(tmp_path / "nope")))
+    line = one_line_error(
+        run("sft", "--workspace", str(tmp_path), "--model", str(tmp_path / "nope"))
+    )
     assert "does not exist" in line and "nope" in line
 
 
@@ -49,7 +63,9 @@ def test_missing_model_path(tmp_path):
 def test_folder_that_is_not_a_causal_lm(tmp_path, config):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    line = one_line_error(run("generate", "--workspace", str(tmp_path / "ws"), "--model", str(tmp_path / "m"), "hi"))
+    line = one_line_error(
+        run("generate", "--workspace", str(tmp_path / "ws"), "--model", str(tmp_path / "m"), "hi")
+    )
     assert str(tmp_path / "m") in line
 
 
@@ -67,14 +83,29 @@ def _weights(ws: Path, version: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    args = [*SMALL, "--max-steps", "30", "--checkpoint-every", "5", "--deterministic", "--warmup-steps", "3"]
+    args = [
+        *SMALL,
+        "--max-steps",
+        "30",
+        "--checkpoint-every",
+        "5",
+        "--deterministic",
+        "--warmup-steps",
+        "3",
+    ]
     ws_full, ws_kill = tmp_path / "full", tmp_path / "killed"
     run("pretrain", "--workspace", str(ws_full), *args, check=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*PREFLOOP, "pretrain", "--workspace", str(ws_kill), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [*PREFLOOP, "pretrain", "--workspace", str(ws_kill), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not list(ws_kill.glob("runs/pretrain-*/checkpoints/step-00000010")):
+    while time.time() < deadline and not list(
+        ws_kill.glob("runs/pretrain-*/checkpoints/step-00000010")
+    ):
         assert proc.poll() is None, "finished before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -21,7 +21,9 @@ T = TypeVar("T")
 def option(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with help text: `lr: float = option(3e-4, "peak learning rate")`."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: default.copy(), metadata={"help": help, **kw})
+        return dataclasses.field(
+            default_factory=lambda: default.copy(), metadata={"help": help, **kw}
+        )
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
@@ -43,17 +45,23 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if tp is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif tp is list:
             group.add_argument(flag, nargs="+", default=None, help=help_text)
         else:
-            group.add_argument(flag, type=tp, default=None, help=help_text, metavar=tp.__name__.upper())
+            group.add_argument(
+                flag, type=tp, default=None, help=help_text, metavar=tp.__name__.upper()
+            )
 
 
-def build_config(cls: type[T], yaml_section: dict[str, Any] | None, args: argparse.Namespace | None) -> T:
+def build_config(
+    cls: type[T], yaml_section: dict[str, Any] | None, args: argparse.Namespace | None
+) -> T:
     """Merge dataclass defaults, a YAML section and parsed CLI flags into one config object."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}

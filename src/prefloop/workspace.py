@@ -120,7 +120,8 @@ class Workspace:
         """A new run folder, or with `resume` the newest unfinished run of `stage`."""
         if resume:
             unfinished = [
-                d for d in sorted(self.runs_dir.glob(f"{stage}-*"))
+                d
+                for d in sorted(self.runs_dir.glob(f"{stage}-*"))
                 if d.is_dir() and not (d / "DONE").exists()
             ]
             if not unfinished:
@@ -164,7 +165,9 @@ class Workspace:
         if ref == "production":
             prod = self.production()
             if prod is None:
-                raise PrefloopError("no production model yet (promote one with `prefloop models promote`)")
+                raise PrefloopError(
+                    "no production model yet (promote one with `prefloop models promote`)"
+                )
             return str(prod.path)
         if ref.startswith("latest:"):
             v = self.latest(ref.split(":", 1)[1])
@@ -234,7 +237,9 @@ class Workspace:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             if config is not None:
-                (Path(tmp) / "train_config.json").write_text(json.dumps(config, indent=2, default=str))
+                (Path(tmp) / "train_config.json").write_text(
+                    json.dumps(config, indent=2, default=str)
+                )
             return self.register(tmp, stage, parent=parent, data=data, metrics=metrics, extra=extra)
 
     def promote(self, name: str) -> ModelVersion:

@@ -9,9 +9,9 @@ from prefloop.errors import PrefloopError
 from prefloop.models.sampler import (
     Sampler,
     SamplingParams,
-    filter_logits,
     left_pad,
     right_pad,
+    sample_tokens,
     sequence_logprobs,
 )
 
@@ -20,21 +20,30 @@ PROMPTS = ["the movie", "i loved this blender it works fine and the sound", "bad
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 @pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 0.9, 20)])
-def test_logprobs_equal_forward_pass_with_left_padding(make_model, tokenizer, family, temperature, top_p, top_k):
+def test_logprobs_equal_forward_pass_with_left_padding(
+    make_model, tokenizer, family, temperature, top_p, top_k
+):
     model = make_model(family)
     gen = Sampler(model, tokenizer).generate(
-        PROMPTS, SamplingParams(max_new_tokens=16, temperature=temperature, top_p=top_p, top_k=top_k, n=2, seed=3)
+        PROMPTS,
+        SamplingParams(
+            max_new_tokens=16, temperature=temperature, top_p=top_p, top_k=top_k, n=2, seed=3
+        ),
     )
     assert len(gen.response_ids) == len(PROMPTS) * 2
     query, qmask = left_pad(gen.prompt_ids, tokenizer.pad_token_id)
-    assert len({len(p) for p in gen.prompt_ids}) > 1, "prompts of different lengths exercise left padding"
+    assert len({len(p) for p in gen.prompt_ids}) > 1, (
+        "prompts of different lengths exercise left padding"
+    )
     response, rmask = right_pad(gen.response_ids, tokenizer.pad_token_id)
     with torch.no_grad():
         recomputed, _ = sequence_logprobs(model, query, qmask, response, rmask, temperature)
     sampled = right_pad([[0] * len(x) for x in gen.logprobs], 0)[0].float()
     for i, lps in enumerate(gen.logprobs):
         sampled[i, : len(lps)] = torch.tensor(lps)
-    assert torch.allclose(recomputed * rmask, sampled, atol=1e-5), (recomputed * rmask - sampled).abs().max()
+    assert torch.allclose(recomputed * rmask, sampled, atol=1e-5), (
+        (recomputed * rmask - sampled).abs().max()
+    )
 
 
 def test_same_seed_same_samples_and_eos_stops(make_model, tokenizer):
@@ -58,19 +67,40 @@ def test_batched_equals_one_by_one_greedy(make_model, tokenizer):
     assert batched == single
 
 
-def test_top_k_and_top_p_filtering():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
-    # nucleus 0.7: 0.5 alone is not enough, 0.5 + 0.3 crosses it -> keep two
-    assert torch.isinf(filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(filter_logits(logits, 0, 0.5)).tolist() == [[False, True, True, True]]
+@pytest.mark.parametrize(
+    "top_k,top_p,expected",
+    [
+        (0, 1.0, [0.5, 0.3, 0.15, 0.05]),
+        (2, 1.0, [0.625, 0.375, 0.0, 0.0]),
+        (0, 0.7, [0.625, 0.375, 0.0, 0.0]),  # 0.5 alone is short of 0.7; 0.5 + 0.3 crosses it
+        (0, 0.5, [1.0, 0.0, 0.0, 0.0]),
+        (3, 0.9, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),  # nucleus of the renormalized top-3
+    ],
+)
+def test_sample_tokens_draws_the_filtered_distribution(top_k, top_p, expected):
+    logp = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]])).repeat(20000, 1)  # shuffled order
+    order = [1, 3, 2, 0]  # token ids from most to least likely
+    draws = sample_tokens(logp, top_k, top_p, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    for rank, token in enumerate(order):
+        assert abs(float(freq[token]) - expected[rank]) < 0.015, (token, freq.tolist())
+
+
+def test_nucleus_outside_the_candidate_window_falls_back_to_the_full_sort():
+    logp = torch.log_softmax(torch.zeros(2, 1000), -1)  # flat: the top 256 hold 25.6% of the mass
+    draws = sample_tokens(logp.repeat(2000, 1), 0, 0.9, torch.Generator().manual_seed(0))
+    assert len(set(draws.tolist())) > 850  # ~900 tokens are in the nucleus, not 256
 
 
 def test_long_prompt_left_truncated_with_warning_or_error(make_model, tokenizer):
     model = make_model("gpt2", context=32)
     long_prompt = " ".join(["the movie was great"] * 40)
     with pytest.warns(UserWarning, match="left-truncated"):
-        gen = Sampler(model, tokenizer).generate([long_prompt], SamplingParams(max_new_tokens=8, seed=0))
+        gen = Sampler(model, tokenizer).generate(
+            [long_prompt], SamplingParams(max_new_tokens=8, seed=0)
+        )
     assert len(gen.prompt_ids[0]) == 32 - 8
     with pytest.raises(PrefloopError, match="row 1"):
-        Sampler(model, tokenizer).generate([long_prompt], SamplingParams(max_new_tokens=8, truncation="error"))
+        Sampler(model, tokenizer).generate(
+            [long_prompt], SamplingParams(max_new_tokens=8, truncation="error")
+        )

@@ -19,7 +19,9 @@ def _rows(tokenizer, texts, n=16, width=12):
 
 
 def _cfg(**kw):
-    base = dict(max_steps=1, lr=1e-2, warmup_steps=0, max_grad_norm=0.0, checkpoint_every=0, log_every=1)
+    base = dict(
+        max_steps=1, lr=1e-2, warmup_steps=0, max_grad_norm=0.0, checkpoint_every=0, log_every=1
+    )
     return LoopConfig(**{**base, **kw})
 
 
@@ -31,7 +33,13 @@ def test_one_batch_of_8_equals_8_accumulated_batches_of_1(make_model, tokenizer,
     # compares the accumulated gradients themselves (sign(g) would amplify float noise).
     cfg = dict(lr=1.0, adam_eps=1.0)
     train(a, LanguageModelingTask(rows, [], 8, 1, pad), _cfg(**cfg), tmp_path / "a", progress=False)
-    train(b, LanguageModelingTask(rows, [], 1, 8, pad), _cfg(grad_accum=8, **cfg), tmp_path / "b", progress=False)
+    train(
+        b,
+        LanguageModelingTask(rows, [], 1, 8, pad),
+        _cfg(grad_accum=8, **cfg),
+        tmp_path / "b",
+        progress=False,
+    )
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6), name
 
@@ -40,7 +48,13 @@ def test_every_parameter_changes_after_a_step(make_model, tokenizer, texts, tmp_
     rows = _rows(tokenizer, texts)
     model = make_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(model, LanguageModelingTask(rows, [], 4, 1, tokenizer.pad_token_id), _cfg(), tmp_path, progress=False)
+    train(
+        model,
+        LanguageModelingTask(rows, [], 4, 1, tokenizer.pad_token_id),
+        _cfg(),
+        tmp_path,
+        progress=False,
+    )
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert unchanged == []
 
@@ -63,11 +77,21 @@ class _NanAt(LanguageModelingTask):
         return super().microbatches(step)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(make_model, tokenizer, texts, tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    make_model, tokenizer, texts, tmp_path
+):
     rows = _rows(tokenizer, texts)
     task = _NanAt(rows, [], 4, 1, tokenizer.pad_token_id)
-    with pytest.raises(PrefloopError, match=r"loss is nan at step 5; last good checkpoint: .*step-00000004"):
-        train(make_model("gpt2"), task, _cfg(max_steps=10, checkpoint_every=2), tmp_path, progress=False)
+    with pytest.raises(
+        PrefloopError, match=r"loss is nan at step 5; last good checkpoint: .*step-00000004"
+    ):
+        train(
+            make_model("gpt2"),
+            task,
+            _cfg(max_steps=10, checkpoint_every=2),
+            tmp_path,
+            progress=False,
+        )
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
 
 
@@ -85,9 +109,22 @@ def test_resume_from_checkpoint_equals_uninterrupted(make_model, tokenizer, text
     full = make_model("qwen2")
     train(full, LanguageModelingTask(rows, [], 4, 1, pad), cfg, tmp_path / "full", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(make_model("qwen2"), _DiesAt(rows, [], 4, 1, pad), cfg, tmp_path / "part", progress=False)
+        train(
+            make_model("qwen2"),
+            _DiesAt(rows, [], 4, 1, pad),
+            cfg,
+            tmp_path / "part",
+            progress=False,
+        )
     resumed = make_model("qwen2")
     torch.manual_seed(123)  # resume must not depend on the RNG state it starts with
-    train(resumed, LanguageModelingTask(rows, [], 4, 1, pad), cfg, tmp_path / "part", resume=True, progress=False)
+    train(
+        resumed,
+        LanguageModelingTask(rows, [], 4, 1, pad),
+        cfg,
+        tmp_path / "part",
+        resume=True,
+        progress=False,
+    )
     for (name, pa), pb in zip(full.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(pa, pb), name

@@ -14,15 +14,24 @@ from prefloop.workspace import Workspace
 
 def test_pretrain_beats_unigram_entropy_then_sft_and_plain_hf_reload(tmp_path):
     ws = Workspace.init(tmp_path)
-    cfg = PretrainConfig(embedded_docs=1500, vocab_size=512, context=48, batch_size=16, max_steps=120,
-                         checkpoint_every=0, lr=3e-3)
-    version, result = pretrain(ws, cfg, progress=False)
+    cfg = PretrainConfig(
+        embedded_docs=1500,
+        vocab_size=512,
+        context=48,
+        batch_size=16,
+        max_steps=120,
+        checkpoint_every=0,
+        lr=3e-3,
+    )
+    version, _ = pretrain(ws, cfg, progress=False)
     m = version.meta["metrics"]
     # the corpus is a grammar: a model that learns anything at all beats the unigram entropy by far
     assert m["loss/eval"] < 0.6 * m["unigram_entropy"], m
     assert version.meta["stage"] == "pretrain" and (version.path / "model.safetensors").exists()
 
-    sft_version, _ = sft(ws, SFTConfig(embedded_examples=300, max_steps=10, checkpoint_every=0), progress=False)
+    sft_version, _ = sft(
+        ws, SFTConfig(embedded_examples=300, max_steps=10, checkpoint_every=0), progress=False
+    )
     assert sft_version.meta["parent"] == version.name
 
     ours, tok = load_model_and_tokenizer(str(sft_version.path))
@@ -37,7 +46,9 @@ def test_pretrain_beats_unigram_entropy_then_sft_and_plain_hf_reload(tmp_path):
 
 
 def test_sft_labels_cover_the_response_only(tokenizer):
-    rows = encode_sft(load_sft_rows([{"prompt": "the movie was", "response": " great"}]), tokenizer, 64)
+    rows = encode_sft(
+        load_sft_rows([{"prompt": "the movie was", "response": " great"}]), tokenizer, 64
+    )
     ids, labels = rows[0]
     prompt_len = len(tokenizer("the movie was", add_special_tokens=False)["input_ids"])
     assert all(x == -100 for x in labels[:prompt_len])

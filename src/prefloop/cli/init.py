@@ -26,18 +26,25 @@ def _models(args: argparse.Namespace) -> int:
     prod = ws.production()
     for v in ws.versions():
         mark = "*" if prod and prod.name == v.name else " "
-        metrics = ", ".join(f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}"
-                            for k, val in list(v.meta.get("metrics", {}).items())[:4])
+        metrics = ", ".join(
+            f"{k}={val:.4g}" if isinstance(val, float) else f"{k}={val}"
+            for k, val in list(v.meta.get("metrics", {}).items())[:4]
+        )
         print(f"{mark} {v.name:<16} parent={v.meta.get('parent')!s:<16} {metrics}")
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("init", help="create a workspace folder", description="create a workspace folder")
+    p = sub.add_parser(
+        "init", help="create a workspace folder", description="create a workspace folder"
+    )
     p.add_argument("dir", nargs="?", default="prefloop-workspace", help="folder to create")
     p.set_defaults(func=_init)
-    m = sub.add_parser("models", help="list model versions; --promote NAME marks production",
-                       description="list model versions in the registry (* = production)")
+    m = sub.add_parser(
+        "models",
+        help="list model versions; --promote NAME marks production",
+        description="list model versions in the registry (* = production)",
+    )
     m.add_argument("--workspace", default="prefloop-workspace", help="workspace folder")
     m.add_argument("--promote", metavar="NAME", help="make version NAME the production model")
     m.set_defaults(func=_models)

@@ -13,11 +13,15 @@ from prefloop.train.sft import SFTConfig, sft
 def _pretrain(args: argparse.Namespace) -> int:
     quiet_transformers()
     ws, cfg = workspace_and_config(args, PretrainConfig)
-    version, result = pretrain(ws, cfg)
+    version, _ = pretrain(ws, cfg)
     m = version.meta["metrics"]
-    print(f"pretrain: {m['parameters']:,} parameters, {m['tokens_seen']:,} tokens in {m['seconds']:.1f}s")
-    print(f"  eval loss {m.get('loss/eval', float('nan')):.3f} nats/token "
-          f"(unigram entropy {m['unigram_entropy']:.3f}), perplexity {m.get('charts/eval_perplexity', 0):.1f}")
+    print(
+        f"pretrain: {m['parameters']:,} parameters, {m['tokens_seen']:,} tokens in {m['seconds']:.1f}s"
+    )
+    print(
+        f"  eval loss {m.get('loss/eval', float('nan')):.3f} nats/token "
+        f"(unigram entropy {m['unigram_entropy']:.3f}), perplexity {m.get('charts/eval_perplexity', 0):.1f}"
+    )
     print(f"  model   {version.name}  ->  {version.path}")
     print(f"  logs    tensorboard --logdir {ws.runs_dir}")
     return 0
@@ -26,15 +30,24 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _sft(args: argparse.Namespace) -> int:
     quiet_transformers()
     ws, cfg = workspace_and_config(args, SFTConfig)
-    version, result = sft(ws, cfg)
+    version, _ = sft(ws, cfg)
     m = version.meta["metrics"]
-    print(f"sft: {m['examples']:,} examples, {cfg.max_steps} steps in {m['seconds']:.1f}s, "
-          f"eval loss {m.get('loss/eval', float('nan')):.3f}")
+    print(
+        f"sft: {m['examples']:,} examples, {cfg.max_steps} steps in {m['seconds']:.1f}s, "
+        f"eval loss {m.get('loss/eval', float('nan')):.3f}"
+    )
     print(f"  model   {version.name} (parent {version.meta['parent']})  ->  {version.path}")
     return 0
 
 
 def register(sub: Any) -> None:
-    add_command(sub, "pretrain", "train a causal LM on a text corpus (default: the embedded reviews)",
-                _pretrain, PretrainConfig)
-    add_command(sub, "sft", "supervised fine-tuning on prompt/response or messages data", _sft, SFTConfig)
+    add_command(
+        sub,
+        "pretrain",
+        "train a causal LM on a text corpus (default: the embedded reviews)",
+        _pretrain,
+        PretrainConfig,
+    )
+    add_command(
+        sub, "sft", "supervised fine-tuning on prompt/response or messages data", _sft, SFTConfig
+    )

@@ -57,13 +57,24 @@ def model_config(
     )
     if family == "gpt2":
         return GPT2Config(
-            n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=context,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_positions=context,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
         )
     kv: dict[str, Any] = dict(
-        num_hidden_layers=n_layer, hidden_size=n_embd, num_attention_heads=n_head,
-        num_key_value_heads=n_head, intermediate_size=4 * n_embd,
-        max_position_embeddings=context, attention_dropout=0.0, **common,
+        num_hidden_layers=n_layer,
+        hidden_size=n_embd,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_head,
+        intermediate_size=4 * n_embd,
+        max_position_embeddings=context,
+        attention_dropout=0.0,
+        **common,
     )
     if family == "llama":
         return LlamaConfig(**kv)
@@ -77,8 +88,11 @@ def build_model(
 ) -> PreTrainedModel:
     """A freshly initialized causal LM of `family` sized for `tokenizer`'s vocabulary."""
     cfg = model_config(
-        family, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, **size,
+        family,
+        len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **size,
     )
     torch.manual_seed(seed)  # seed before init so a build is reproducible
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
@@ -100,11 +114,17 @@ def load_model(ref: str, *, trust_remote_code: bool = False) -> PreTrainedModel:
         raise PrefloopError(f"cannot load model '{ref}': {str(e).splitlines()[0]}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            ref, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
-            dtype=torch.float32, attn_implementation="sdpa",
+            ref,
+            config=config,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+            attn_implementation="sdpa",
         )
     except ValueError as e:
-        raise PrefloopError(f"'{ref}' is not a causal language model: {str(e).splitlines()[0]}") from None
+        raise PrefloopError(
+            f"'{ref}' is not a causal language model: {str(e).splitlines()[0]}"
+        ) from None
     except OSError as e:
         raise PrefloopError(f"cannot load model '{ref}': {str(e).splitlines()[0]}") from None
     return model.eval()
@@ -129,7 +149,8 @@ def load_model_and_tokenizer(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = load_tokenizer(ref, trust_remote_code=trust_remote_code)
     model = load_model(ref, trust_remote_code=trust_remote_code)
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+    embeddings: torch.nn.Module = model.get_input_embeddings()
+    if len(tok) > embeddings.weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(len(tok))  # the pad token we added
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
@@ -143,7 +164,9 @@ def context_length(model: PreTrainedModel) -> int:
     return 2048
 
 
-def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+def save_pretrained(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+) -> Path:
     """Save in HF format (config.json, model.safetensors, tokenizer files)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_tensors(
+    opt: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -31,7 +33,11 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
 
 
 def save_checkpoint(
-    folder: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, extra: dict[str, Any]
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    extra: dict[str, Any],
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
@@ -61,7 +67,9 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> dict[str, Any]:
     """Restore model, optimizer and RNG in place; returns the JSON state (step, task state, ...)."""
     state = json.loads((path / "state.json").read_text())
     load_model(model, str(path / "model.safetensors"))

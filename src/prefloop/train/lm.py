@@ -16,12 +16,18 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def next_token_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def next_token_loss(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of predicting labels[:, 1:] from ids[:, :-1]; returns (loss, tokens)."""
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[
+        :, :-1
+    ]  # (B, T-1, V)
     targets = labels[:, 1:]
     n = int((targets != IGNORE).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
+    )
     return loss, n
 
 
@@ -66,7 +72,9 @@ class LanguageModelingTask:
             self._perm_epoch = epoch
         return self._perm[pos]
 
-    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, n = next_token_loss(model, *batch)
         return loss, {"loss/train": loss.item(), "charts/tokens": float(n)}
 
@@ -75,7 +83,9 @@ class LanguageModelingTask:
             return {}
         total, count = 0.0, 0
         for i in range(0, len(self.eval_rows), self.batch_size):
-            loss, n = next_token_loss(model, *collate(self.eval_rows[i : i + self.batch_size], self.pad_id))
+            loss, n = next_token_loss(
+                model, *collate(self.eval_rows[i : i + self.batch_size], self.pad_id)
+            )
             total += float(loss) * n
             count += n
         mean = total / max(count, 1)

@@ -77,7 +77,10 @@ def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
         foreach=True,
     )
 
@@ -125,7 +128,9 @@ def train(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True
+    )
     last_good = latest_checkpoint(ckpt_dir)
     for step in range(start, cfg.max_steps):
         lr = lr_at(step, cfg)
@@ -157,7 +162,11 @@ def train(
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and hasattr(task, "evaluate"):
             result.eval = _evaluate(task, model, writer, step + 1)
         bar.update(1)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+        if (
+            cfg.checkpoint_every
+            and (step + 1) % cfg.checkpoint_every == 0
+            and step + 1 < cfg.max_steps
+        ):
             extra = {"history": result.history}
             if hasattr(task, "state_dict"):
                 extra["task"] = task.state_dict()
@@ -174,7 +183,9 @@ def train(
     return result
 
 
-def _evaluate(task: Any, model: torch.nn.Module, writer: SummaryWriter, step: int) -> dict[str, float]:
+def _evaluate(
+    task: Any, model: torch.nn.Module, writer: SummaryWriter, step: int
+) -> dict[str, float]:
     """Evaluate without touching the training RNG stream (so eval never changes a run)."""
     model.eval()
     with torch.random.fork_rng(), torch.no_grad():
@@ -186,5 +197,7 @@ def _evaluate(task: Any, model: torch.nn.Module, writer: SummaryWriter, step: in
 
 
 def _halt(what: str, last_good: Path | None) -> None:
-    kept = f"; last good checkpoint: {last_good}" if last_good else "; no checkpoint was written yet"
+    kept = (
+        f"; last good checkpoint: {last_good}" if last_good else "; no checkpoint was written yet"
+    )
     raise PrefloopError(f"training stopped: {what}{kept}")

@@ -10,7 +10,11 @@ from prefloop.data import reviews
 from prefloop.data.corpus import load_corpus, pack
 from prefloop.errors import PrefloopError
 from prefloop.models.lm import (
-    SIZES, build_model, count_parameters, load_model_and_tokenizer, load_tokenizer,
+    SIZES,
+    build_model,
+    count_parameters,
+    load_model_and_tokenizer,
+    load_tokenizer,
 )
 from prefloop.models.tokenizer import train_bpe_tokenizer
 from prefloop.train.lm import LanguageModelingTask, unigram_entropy
@@ -20,7 +24,9 @@ from prefloop.workspace import ModelVersion, Workspace
 
 @dataclass
 class PretrainConfig(LoopConfig):
-    data: str = option("", "corpus: .txt/.jsonl/.parquet/.csv file, datasets folder or id ('' = embedded reviews)")
+    data: str = option(
+        "", "corpus: .txt/.jsonl/.parquet/.csv file, datasets folder or id ('' = embedded reviews)"
+    )
     text_field: str = option("text", "field holding the text in JSONL/Parquet/datasets rows")
     embedded_docs: int = option(20000, "documents generated for the embedded corpus")
     model: str = option("", "start from this HF model (folder or hub id) instead of from scratch")
@@ -44,9 +50,13 @@ def _texts(cfg: PretrainConfig) -> list[str]:
     return reviews.corpus(cfg.embedded_docs, seed=cfg.seed)
 
 
-def pretrain(ws: Workspace, cfg: PretrainConfig, progress: bool = True) -> tuple[ModelVersion, TrainResult]:
+def pretrain(
+    ws: Workspace, cfg: PretrainConfig, progress: bool = True
+) -> tuple[ModelVersion, TrainResult]:
     if cfg.size not in SIZES:
-        raise PrefloopError(f"unknown size '{cfg.size}' (choose from {', '.join(SIZES)})", field="size")
+        raise PrefloopError(
+            f"unknown size '{cfg.size}' (choose from {', '.join(SIZES)})", field="size"
+        )
     run_dir = ws.run_dir("pretrain", cfg.resume)
     texts = _texts(cfg)
     tok_dir = run_dir / "tokenizer"
@@ -61,20 +71,37 @@ def pretrain(ws: Workspace, cfg: PretrainConfig, progress: bool = True) -> tuple
     tokenizer.save_pretrained(tok_dir)
 
     if cfg.model:
-        model, tokenizer = load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model, tokenizer = load_model_and_tokenizer(
+            cfg.model, trust_remote_code=cfg.trust_remote_code
+        )
     else:
         n_layer, n_embd, n_head = SIZES[cfg.size]
-        model = build_model(cfg.family, tokenizer, seed=cfg.seed, n_layer=n_layer, n_embd=n_embd,
-                            n_head=n_head, context=cfg.context)
-    eos = int(tokenizer.eos_token_id)  # type: ignore[arg-type]
+        model = build_model(
+            cfg.family,
+            tokenizer,
+            seed=cfg.seed,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            context=cfg.context,
+        )
+    eos = int(tokenizer.eos_token_id)
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = pack(token_lists, cfg.context - 1, eos)  # (N, context)
     if len(blocks) < 2:
-        raise PrefloopError(f"corpus too small: {sum(map(len, token_lists))} tokens give {len(blocks)} blocks")
+        raise PrefloopError(
+            f"corpus too small: {sum(map(len, token_lists))} tokens give {len(blocks)} blocks"
+        )
     rows = [(b, b) for b in blocks.tolist()]
     n_eval = max(1, int(len(rows) * cfg.eval_fraction))
-    task = LanguageModelingTask(rows[n_eval:], rows[:n_eval], cfg.batch_size, cfg.grad_accum,
-                                int(tokenizer.pad_token_id), cfg.seed)  # type: ignore[arg-type]
+    task = LanguageModelingTask(
+        rows[n_eval:],
+        rows[:n_eval],
+        cfg.batch_size,
+        cfg.grad_accum,
+        int(tokenizer.pad_token_id),
+        cfg.seed,
+    )
     result = train(model, task, cfg, run_dir, resume=cfg.resume, desc="pretrain", progress=progress)
     metrics: dict[str, Any] = {
         **result.eval,
@@ -84,7 +111,14 @@ def pretrain(ws: Workspace, cfg: PretrainConfig, progress: bool = True) -> tuple
         "tokens_seen": cfg.max_steps * cfg.batch_size * cfg.grad_accum * (cfg.context - 1),
         "seconds": result.seconds,
     }
-    version = ws.save_model(model, tokenizer, "pretrain", parent=cfg.model or None,
-                            data=cfg.data or "embedded:reviews", metrics=metrics, config=asdict(cfg))
+    version = ws.save_model(
+        model,
+        tokenizer,
+        "pretrain",
+        parent=cfg.model or None,
+        data=cfg.data or "embedded:reviews",
+        metrics=metrics,
+        config=asdict(cfg),
+    )
     (run_dir / "DONE").write_text(version.name)
     return version, result

@@ -20,9 +20,13 @@ from prefloop.workspace import ModelVersion, Workspace
 
 @dataclass
 class SFTConfig(LoopConfig):
-    data: str = option("", "prompt/response or messages rows (JSONL/Parquet/datasets; '' = embedded)")
+    data: str = option(
+        "", "prompt/response or messages rows (JSONL/Parquet/datasets; '' = embedded)"
+    )
     embedded_examples: int = option(8000, "examples generated for the embedded task")
-    model: str = option("latest:pretrain", "model to fine-tune: version, latest:<stage>, folder or hub id")
+    model: str = option(
+        "latest:pretrain", "model to fine-tune: version, latest:<stage>, folder or hub id"
+    )
     max_length: int = option(0, "truncate prompt+response to this many tokens (0 = model context)")
     truncation: str = option("left", "prompt too long: 'left' (truncate with a warning) or 'error'")
     batch_size: int = option(32, "examples per micro-batch")
@@ -39,17 +43,38 @@ def sft(ws: Workspace, cfg: SFTConfig, progress: bool = True) -> tuple[ModelVers
         raise PrefloopError("truncation must be 'left' or 'error'", field="truncation")
     model_path = ws.resolve(cfg.model)
     run_dir = ws.run_dir("sft", cfg.resume)
-    examples = load_sft(cfg.data) if cfg.data else load_sft_rows(reviews.sft_examples(cfg.embedded_examples, cfg.seed))
+    examples = (
+        load_sft(cfg.data)
+        if cfg.data
+        else load_sft_rows(reviews.sft_examples(cfg.embedded_examples, cfg.seed))
+    )
     model, tokenizer = load_model_and_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
     max_length = cfg.max_length or context_length(model)
     rows = encode_sft(examples, tokenizer, max_length, truncation=cfg.truncation)
     n_eval = max(1, int(len(rows) * cfg.eval_fraction)) if len(rows) > 1 else 0
-    task = LanguageModelingTask(rows[n_eval:], rows[:n_eval], cfg.batch_size, cfg.grad_accum,
-                                int(tokenizer.pad_token_id), cfg.seed)  # type: ignore[arg-type]
+    task = LanguageModelingTask(
+        rows[n_eval:],
+        rows[:n_eval],
+        cfg.batch_size,
+        cfg.grad_accum,
+        int(tokenizer.pad_token_id),
+        cfg.seed,
+    )
     result = train(model, task, cfg, run_dir, resume=cfg.resume, desc="sft", progress=progress)
-    metrics = {**result.eval, "train_loss": result.final.get("loss/train"), "examples": len(rows),
-               "seconds": result.seconds}
-    version = ws.save_model(model, tokenizer, "sft", parent=ws.version_of(model_path) or cfg.model,
-                            data=cfg.data or "embedded:reviews", metrics=metrics, config=asdict(cfg))
+    metrics = {
+        **result.eval,
+        "train_loss": result.final.get("loss/train"),
+        "examples": len(rows),
+        "seconds": result.seconds,
+    }
+    version = ws.save_model(
+        model,
+        tokenizer,
+        "sft",
+        parent=ws.version_of(model_path) or cfg.model,
+        data=cfg.data or "embedded:reviews",
+        metrics=metrics,
+        config=asdict(cfg),
+    )
     (run_dir / "DONE").write_text(version.name)
     return version, result
