@@ -30,13 +30,13 @@ class DemoConfig:
     )
     until: str = option("report", f"stop after this stage: {', '.join(STAGES)}")
     comparisons: int = option(
-        3000, "simulated comparisons collected for the reward model (<= 5,000)"
+        4500, "simulated comparisons collected for the reward model (<= 5,000)"
     )
     agreement: float = option(0.75, "simulated annotators' agreement with the noise-free gold")
     pretrain_steps: int = option(300, "pretraining optimizer steps")
     sft_steps: int = option(120, "SFT optimizer steps")
-    ppo_rollouts: int = option(24, "PPO iterations (rollout + 4 epochs of learning)")
-    kl_coef: float = option(0.05, "PPO's KL penalty β (0 shows over-optimization)")
+    ppo_rollouts: int = option(12, "PPO iterations (rollout + 4 epochs of learning)")
+    kl_coef: float = option(0.1, "PPO's KL penalty β (0 shows over-optimization)")
     eval_prompts: int = option(200, "held-out prompts for the final win-rate")
     seed: int = option(0, "seed for every stage")
 
@@ -114,11 +114,13 @@ def run_demo(ws: Workspace, cfg: DemoConfig) -> dict[str, Any]:
         with PreferenceStore(ws.db_url) as store:
             pcfg = PairsConfig(
                 model=sv.name,
-                default_prompts=cfg.comparisons,
+                # 3 responses per prompt give 3 comparisons: half the sampling of k=2
+                k=3,
+                default_prompts=max(1, cfg.comparisons // 3),
                 seed=cfg.seed,
                 source="demo",
-                max_new_tokens=32,
-            )  # the same response budget PPO and eval use
+                max_new_tokens=32,  # the same response budget PPO and eval use
+            )
             bar.run(
                 "pairs",
                 lambda: generate_pairs(store, pcfg, str(sv.path), sv.name),
