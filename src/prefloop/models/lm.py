@@ -61,6 +61,8 @@ def model_config(
             n_embd=n_embd,
             n_head=n_head,
             n_positions=context,
+            # the same tanh GELU as GPT-2's "gelu_new", as one fused kernel instead of five ops
+            activation_function="gelu_pytorch_tanh",
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

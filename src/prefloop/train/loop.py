@@ -81,7 +81,7 @@ def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
-        foreach=True,
+        fused=True,  # one kernel per step over all parameters (CPU and CUDA)
     )
 
 
