@@ -30,13 +30,16 @@ class DemoConfig:
     )
     until: str = option("report", f"stop after this stage: {', '.join(STAGES)}")
     comparisons: int = option(
-        4500, "simulated comparisons collected for the reward model (<= 5,000)"
+        5000, "simulated comparisons collected for the reward model (<= 5,000)"
     )
     agreement: float = option(0.75, "simulated annotators' agreement with the noise-free gold")
-    pretrain_steps: int = option(300, "pretraining optimizer steps")
-    sft_steps: int = option(120, "SFT optimizer steps")
-    ppo_rollouts: int = option(12, "PPO iterations (rollout + 4 epochs of learning)")
+    pretrain_steps: int = option(500, "pretraining optimizer steps")
+    sft_steps: int = option(200, "SFT optimizer steps")
+    ppo_rollouts: int = option(36, "PPO iterations (rollout + 4 epochs of learning)")
     kl_coef: float = option(0.1, "PPO's KL penalty β (0 shows over-optimization)")
+    ppo_lr: float = option(
+        1e-4, "PPO learning rate (with --kl-coef 0, 3e-4 over-optimizes quickly)"
+    )
     eval_prompts: int = option(200, "held-out prompts for the final win-rate")
     seed: int = option(0, "seed for every stage")
 
@@ -180,6 +183,7 @@ def _ppo_stage(
         gold="python:prefloop.feedback.gold.sentiment_gold",
         rollouts=cfg.ppo_rollouts,
         kl_coef=cfg.kl_coef,
+        lr=cfg.ppo_lr,
         seed=cfg.seed,
     )
     v = bar.run(
