@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# pytest -n 2 runs two workers on two cores: one torch thread each, or their OpenMP
+# barriers wait on each other's descheduled threads (8-10x slower on small models).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 WORDS = [
     "the",
