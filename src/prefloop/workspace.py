@@ -112,9 +112,16 @@ class Workspace:
         return section
 
     def new_run_dir(self, stage: str) -> Path:
-        path = self.runs_dir / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        base = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):  # two runs of a stage in the same second get distinct folders
+            path = self.runs_dir / (base if n == 0 else f"{base}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+        raise PrefloopError(f"cannot create a run folder for '{stage}' in {self.runs_dir}")
 
     def run_dir(self, stage: str, resume: bool) -> Path:
         """A new run folder, or with `resume` the newest unfinished run of `stage`."""

@@ -262,7 +262,10 @@ class PpoTask:
         logp = token_logprobs(logits, batch.sequences[:, P:], cfg.temperature)
         pg_loss, pg = L.ppo_clip_loss(logp, batch.old_logprobs, batch.advantages, m, cfg.clip_eps)
         vf_loss, vf = L.value_loss_clipped(values, batch.values, batch.returns, m, cfg.vf_clip_eps)
-        entropy = L.masked_mean(L.entropy_from_logits(logits, cfg.temperature), m)
+        # entropy is a full-vocabulary (B, T, V) computation: keep it out of the graph unless
+        # it is part of the objective (its default coefficient is 0; it is still logged)
+        with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
+            entropy = L.masked_mean(L.entropy_from_logits(logits, cfg.temperature), m)
         loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
         return loss, {
             "loss/policy": float(pg_loss.detach()),
