@@ -53,6 +53,18 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15))) for _ in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test, whatever imported torch first (OMP_NUM_THREADS above only
+    reaches a torch imported after this file)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return _texts(400)

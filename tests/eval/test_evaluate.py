@@ -15,16 +15,6 @@ from prefloop.eval.report import over_optimization, write_report
 from prefloop.workspace import Workspace
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with `pytest -n 2` on 2 cores, more threads per
-    worker oversubscribe the CPU (measured: the toy-reward test 10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def ws(tmp_path: Path, make_model, tokenizer) -> Workspace:
     from prefloop.models.reward import build_reward_model

@@ -26,16 +26,6 @@ from prefloop.train.rollout import PolicyAndValue, make_experience
 PROMPTS = [f"the movie {i} was" for i in range(64)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with `pytest -n 2` on 2 cores, more threads per
-    worker oversubscribe the CPU (measured: the toy-reward test 10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def count_e(prompts: list[str], responses: list[str]) -> list[float]:
     """Toy reward: +1 per occurrence of the token 'e' (single letters are tokens in the test
     vocabulary; merged tokens that contain the letter count too)."""

@@ -16,16 +16,6 @@ from prefloop.train.ppo import PpoConfig, run_ppo
 from prefloop.workspace import Workspace
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with `pytest -n 2` on 2 cores, more threads per
-    worker oversubscribe the CPU (measured: the toy-reward test 10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def workspace(tmp_path: Path, make_model, tokenizer) -> Workspace:
     """A workspace holding a tiny 'sft' policy and a 'reward' model built from it."""
