@@ -15,15 +15,11 @@ from prefloop.cli import annotate as annotate_cli
 from prefloop.feedback.app.tables import comparisons, labels
 from prefloop.feedback.store import PreferenceStore
 from tests.feedback.test_app_support import (
-    app_pg_url,
+    HOT_CACHE_S,
     client,
-    drop_pg_database,
-    fresh_pg_database,
     seed,
     user,
 )
-
-__all__ = ["app_pg_url"]  # the fixture, imported for use here
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -31,12 +27,22 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[PreferenceStore]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'preferences.db'}"
     else:
-        url = fresh_pg_database(request.getfixturevalue("app_pg_url"), "api")
+        url = request.getfixturevalue("fresh_pg_url")("api")  # conftest.py
     st = PreferenceStore(url)
     yield st
     st.close()
-    if request.param == "postgresql":
-        drop_pg_database(url)
+
+
+@pytest.fixture(params=["fastapi", "hot"])
+def via(request: pytest.FixtureRequest) -> dict[str, float]:
+    """Client settings that send label posts and task fetches through FastAPI's routes, or
+    through the lean path (app/hot.py, taken once the caller's token is cached)."""
+    return {"auth_cache_s": 0.0 if request.param == "fastapi" else HOT_CACHE_S}
+
+
+def writer_batches(c) -> int:  # type: ignore[no-untyped-def]
+    """Transactions of the group-commit writer: > 0 only when the lean path stored labels."""
+    return int(c.app.state.label_writer.batches)
 
 
 @pytest.fixture
@@ -51,9 +57,9 @@ def label_body(task: dict, choice: str = "a", key: str = "key-00000001") -> dict
             "shown_left": task["shown_left"], "idempotency_key": key, "seconds": 2.5}  # fmt: skip
 
 
-def test_label_flow_idempotent_and_exactly_once(store: PreferenceStore) -> None:
+def test_label_flow_idempotent_and_exactly_once(store: PreferenceStore, via: dict) -> None:
     [cid] = seed(store, 1, required=2)
-    c = client(store)
+    c = client(store, **via)
     alice = user(store, "alice")
     out = c.get("/api/tasks/next", headers=alice).json()
     task = out["task"]
@@ -87,14 +93,17 @@ def test_label_flow_idempotent_and_exactly_once(store: PreferenceStore) -> None:
     assert rows[0].shown_left == task["shown_left"] and rows[0].seconds == 2.5
     # the same key from someone else is a conflict, not their label
     bob = user(store, "bob")
+    c.get("/api/me", headers=bob)  # (caches bob's token on the lean path)
     stolen = c.post("/api/labels", json=body, headers=bob)
     assert stolen.status_code == 409 and "idempotency key" in stolen.json()["detail"]
+    assert (writer_batches(c) > 0) == (via["auth_cache_s"] > 0)  # the path under test was used
 
 
-def test_bad_requests_are_4xx_with_a_message(sqlite_store: PreferenceStore) -> None:
+def test_bad_requests_are_4xx_with_a_message(sqlite_store: PreferenceStore, via: dict) -> None:
     [cid] = seed(sqlite_store, 1)
-    c = client(sqlite_store, max_body_bytes=4096)
+    c = client(sqlite_store, max_body_bytes=4096, **via)
     h = user(sqlite_store, "alice")
+    assert c.get("/api/me", headers=h).status_code == 200  # cached: the lean path sees the rest
     good = {"comparison_id": cid, "choice": "a", "shown_left": "a", "idempotency_key": "k" * 10}
     cases = [
         (
@@ -115,6 +124,13 @@ def test_bad_requests_are_4xx_with_a_message(sqlite_store: PreferenceStore) -> N
         (c.post("/api/labels", content=iter([b"x" * 1000] * 10), headers=h), 413),  # chunked
         (c.post("/api/labels", json=good), 401),
         (c.post("/api/labels", json=good, headers={"Authorization": "Bearer nope"}), 401),
+        (
+            c.post(
+                "/api/labels", content=json.dumps(good), headers={**h, "Content-Type": "text/x"}
+            ),
+            422,
+        ),
+        (c.get("/api/tasks/next", headers={"Authorization": "Basic nope"}), 401),
         (c.post("/api/tasks/424242/skip", headers=h), 404),
         (c.get("/api/admin/annotators", headers=h), 403),
     ]
@@ -138,9 +154,9 @@ def test_pages_send_csp_without_unsafe_inline(sqlite_store: PreferenceStore) -> 
     assert "/api/labels" in c.get("/openapi.json").json()["paths"]
 
 
-def test_overlap_leases_skip_and_nobody_twice(sqlite_store: PreferenceStore) -> None:
+def test_overlap_leases_skip_and_nobody_twice(sqlite_store: PreferenceStore, via: dict) -> None:
     ids = seed(sqlite_store, 2, required=2)
-    c = client(sqlite_store)
+    c = client(sqlite_store, **via)
     a, b, z = (user(sqlite_store, n) for n in ("a1", "b1", "z1"))
     ta = c.get("/api/tasks/next", headers=a).json()["task"]
     tb = c.get("/api/tasks/next", headers=b).json()["task"]
@@ -213,6 +229,21 @@ def test_rate_limit_per_token(sqlite_store: PreferenceStore) -> None:
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
     assert c.get("/api/me", headers=b).status_code == 200  # other tokens are unaffected
     assert int(c.get("/api/me", headers=a).headers["retry-after"]) >= 1
+
+
+def test_rate_limit_on_the_lean_path(sqlite_store: PreferenceStore) -> None:
+    [cid] = seed(sqlite_store, 1)
+    c = client(sqlite_store, rate_limit=0.01, rate_burst=4, auth_cache_s=HOT_CACHE_S)
+    a = user(sqlite_store, "a1")
+    body = {"comparison_id": cid, "choice": "a", "shown_left": "a", "idempotency_key": "rl-00001"}
+    codes = [c.get("/api/me", headers=a).status_code]  # FastAPI: caches the token
+    codes += [c.get("/api/tasks/next", headers=a).status_code for _ in range(2)]
+    codes += [c.post("/api/labels", json=body, headers=a).status_code for _ in range(2)]
+    assert codes == [200, 200, 200, 201, 429]  # each request counted once, on either path
+    limited = c.get("/api/tasks/next", headers=a)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["detail"] == "rate limit exceeded"
+    assert "content-security-policy" in limited.headers  # still inside GuardMiddleware
 
 
 def test_admin_quality_and_aggregated_export(sqlite_store: PreferenceStore, tmp_path) -> None:

@@ -1,5 +1,6 @@
 """Nothing acknowledged is lost: SIGKILL the server while 32 clients post labels, restart it,
-and check that every label that got a 2xx is stored exactly once (SQLite and PostgreSQL)."""
+and check that every label that got a 2xx is stored exactly once (SQLite and PostgreSQL).
+Tokens are cached, as in production, so the posts go through group commit (app/writer.py)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,13 @@ from prefloop.feedback import accounts
 from prefloop.feedback.app.tables import comparisons, labels
 from prefloop.feedback.store import PreferenceStore
 from tests.feedback.test_app_support import (
-    app_pg_url,
-    drop_pg_database,
+    HOT_CACHE_S,
     free_port,
-    fresh_pg_database,
     seed,
     sqlite_url,
     start_server,
 )
 
-__all__ = ["app_pg_url"]
 CLIENTS = 32
 PER_CLIENT = 12
 
@@ -57,7 +55,7 @@ def _run_kill_test(url: str, tmp_path) -> None:
         tokens = [accounts.add_user(store.engine, f"c{i}").token for i in range(CLIENTS)]
     port = free_port()
     log = tmp_path / "server.log"
-    server = start_server(url, port, log)
+    server = start_server(url, port, log, auth_cache_s=HOT_CACHE_S)
     acked: list[str] = []
     stop = threading.Event()
     threads = [
@@ -74,7 +72,7 @@ def _run_kill_test(url: str, tmp_path) -> None:
         os.kill(server.pid, signal.SIGKILL)  # mid-stream: requests are in flight
         server.wait()
         acked_before_kill = len(acked)
-        server = start_server(url, port, log)
+        server = start_server(url, port, log, auth_cache_s=HOT_CACHE_S)
         for t in threads:
             t.join(timeout=90)
         assert not any(t.is_alive() for t in threads), "clients did not finish"
@@ -99,9 +97,5 @@ def test_sigkill_sqlite(tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_sigkill_postgresql(app_pg_url: str, tmp_path) -> None:
-    url = fresh_pg_database(app_pg_url, "kill")
-    try:
-        _run_kill_test(url, tmp_path)
-    finally:
-        drop_pg_database(url)
+def test_sigkill_postgresql(fresh_pg_url, tmp_path) -> None:
+    _run_kill_test(fresh_pg_url("kill"), tmp_path)

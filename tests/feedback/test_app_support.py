@@ -1,5 +1,6 @@
 """Shared helpers of the annotation-app tests (imported by test_app*.py, test_assign.py and
-test_browser*.py; holds no tests itself): databases, seeded comparisons, users, servers."""
+test_browser*.py; holds no tests itself): seeded comparisons, users, clients, servers.
+PostgreSQL databases come from the fixtures in conftest.py."""
 
 from __future__ import annotations
 
@@ -8,55 +9,20 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
-import pytest
 
 from prefloop.feedback import accounts
 from prefloop.feedback.app.main import build_app
 from prefloop.feedback.app.settings import ENV_VAR, AppSettings
 from prefloop.feedback.store import ComparisonIn, PreferenceStore, PromptIn, ResponseIn
 
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+# auth_cache_s=0: every request goes through FastAPI's routes. The lean path for label posts
+# and task fetches (app/hot.py) needs a cached token: tests of it pass auth_cache_s=HOT_CACHE_S.
 SETTINGS = AppSettings(gold_rate=0.0, rate_limit=0.0, auth_cache_s=0.0)
-
-
-@pytest.fixture(scope="session")
-def app_pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test session (dropped at the end)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_DSN, autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {e}")
-    name = f"prefloop_app_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def fresh_pg_database(base_url: str, tag: str) -> str:
-    """Another unique database next to the session one (for tests that need an empty store)."""
-    import psycopg
-
-    name = f"{base_url.rsplit('/', 1)[1]}_{tag}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(PG_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return base_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_pg_database(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+HOT_CACHE_S = 60.0
 
 
 def seed(

@@ -11,9 +11,7 @@ import pytest
 from prefloop.feedback import accounts, assign
 from prefloop.feedback.app.fastpath import read_cursor, write_cursor
 from prefloop.feedback.store import LabelIn, PreferenceStore
-from tests.feedback.test_app_support import app_pg_url, drop_pg_database, fresh_pg_database, seed
-
-__all__ = ["app_pg_url"]
+from tests.feedback.test_app_support import seed
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -21,12 +19,10 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[PreferenceStore]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'preferences.db'}"
     else:
-        url = fresh_pg_database(request.getfixturevalue("app_pg_url"), "assign")
+        url = request.getfixturevalue("fresh_pg_url")("assign")  # conftest.py
     st = PreferenceStore(url)
     yield st
     st.close()
-    if request.param == "postgresql":
-        drop_pg_database(url)
 
 
 def take(store: PreferenceStore, who: int, **kw: object) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -20,25 +19,7 @@ from prefloop.feedback.store import (
     next_task_query,
 )
 
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 STORE_TABLES = "labels, comparisons, responses, prompts, annotators"
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test session (one per xdist worker)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_DSN, autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {e}")
-    name = f"prefloop_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -46,7 +27,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[PreferenceStore]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'preferences.db'}"
     else:
-        url = request.getfixturevalue("pg_url")
+        url = request.getfixturevalue("pg_url")  # conftest.py; emptied below
     st = PreferenceStore(url)
     if request.param == "postgresql":  # the session database is shared: start each test empty
         with st.engine.begin() as conn:

@@ -10,13 +10,30 @@ Semantics match the store: a label and its comparison's label_count change in on
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
+
+def _unavailable_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [OperationalError, sqlite3.OperationalError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.OperationalError)  # also deadlocks and serialization failures
+    except ImportError:  # PostgreSQL support not installed
+        pass
+    return tuple(errors)
+
+
+# "the database is locked, unreachable or aborted us: retry" -- from SQLAlchemy or, on the raw
+# DBAPI cursors here, from the driver itself. The app answers these with 503 + Retry-After.
+UNAVAILABLE = _unavailable_errors()
 SQLITE_WRITE_LOCK = threading.Lock()  # one SQLite writer per process (see write_cursor)
 
 
@@ -133,6 +150,8 @@ def insert_labels(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None
     the new id; None when a unique constraint (idempotency key, or one label per annotator and
     comparison) already holds a row; MISSING for an unknown comparison. Rows that are not
     inserted change nothing."""
+    if engine.dialect.name == "postgresql":
+        return _insert_labels_pg(engine, rows)
     out: list[int | None] = []
     with write_cursor(engine) as cur:
         for values in rows:
@@ -149,6 +168,58 @@ def insert_labels(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None
                 continue
             out.append(int(found[0]))
             cur.execute(_RELEASE, (cid, values["annotator_id"]))
+    return out
+
+
+# PostgreSQL: the whole batch in one statement (a round trip there costs ~0.2 ms of CPU on a
+# loaded 2-core machine, and the row-by-row path above makes three per label). Rows of unknown
+# comparisons are dropped by the join; conflicting rows by ON CONFLICT; label_count grows by
+# what was inserted and the inserted labels' leases are released, all in the same statement.
+# Rows go in in input order, so (as row by row) the first of two clashing rows is the one kept.
+_PG_BATCH = f"""
+WITH v AS (
+  SELECT * FROM unnest(%s::int[], %s::int[], %s::text[], %s::int[], %s::text[], %s::text[],
+                       %s::float8[], %s::text[], %s::timestamptz[])
+    WITH ORDINALITY AS v({", ".join(LABEL_COLUMNS)}, ord)
+), ins AS (
+  INSERT INTO labels ({", ".join(LABEL_COLUMNS)})
+  SELECT {", ".join("v." + c for c in LABEL_COLUMNS)} FROM v
+  JOIN comparisons c ON c.id = v.comparison_id ORDER BY v.ord
+  ON CONFLICT DO NOTHING RETURNING id, comparison_id, annotator_id, idempotency_key
+), bump AS (
+  UPDATE comparisons c SET label_count = c.label_count + n.n
+  FROM (SELECT comparison_id, count(*) AS n FROM ins GROUP BY comparison_id) n
+  WHERE c.id = n.comparison_id
+), rel AS (
+  DELETE FROM app_leases x USING ins
+  WHERE x.comparison_id = ins.comparison_id AND x.annotator_id = ins.annotator_id
+)
+SELECT id, comparison_id, annotator_id, idempotency_key FROM ins
+"""
+
+
+def _insert_labels_pg(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None]:
+    columns = [[values[c] for values in rows] for c in LABEL_COLUMNS]
+    with write_cursor(engine) as cur:
+        cur.cur.execute(_PG_BATCH, columns)
+        stored = {key: (new_id, cid, aid) for new_id, cid, aid, key in cur.cur.fetchall()}
+        out: list[int | None] = []
+        for values in rows:  # each stored key goes to the first row that carries it
+            key = values["idempotency_key"]
+            hit = stored.get(key)
+            if hit is not None and hit[1:] == (values["comparison_id"], values["annotator_id"]):
+                del stored[key]
+                out.append(int(hit[0]))
+            else:
+                out.append(None)
+        if None in out:  # rare: tell unknown comparisons from unique-constraint hits
+            asked = [v["comparison_id"] for v, o in zip(rows, out, strict=True) if o is None]
+            cur.cur.execute("SELECT id FROM comparisons WHERE id = ANY(%s)", (asked,))
+            known = {r[0] for r in cur.cur.fetchall()}
+            out = [
+                MISSING if o is None and v["comparison_id"] not in known else o
+                for v, o in zip(rows, out, strict=True)
+            ]
     return out
 
 

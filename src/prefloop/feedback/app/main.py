@@ -15,18 +15,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from prefloop.errors import PrefloopError
 from prefloop.feedback import assign
-from prefloop.feedback.app import service
+from prefloop.feedback.app import fastpath, service
+from prefloop.feedback.app.hot import BUSY, HotPaths, error_status
 from prefloop.feedback.app.routes import router
 from prefloop.feedback.app.security import GuardMiddleware, RateLimiter, TokenCache
 from prefloop.feedback.app.settings import AppSettings
+from prefloop.feedback.app.writer import LabelWriter
 from prefloop.feedback.store import PreferenceStore
 
 HERE = Path(__file__).parent
-STATUS = {service.NotFound: 404, service.Conflict: 409, service.Forbidden: 403}
 
 
 def create_app(settings: AppSettings, db_url: str | None = None) -> FastAPI:
@@ -59,6 +59,8 @@ def build_app(settings: AppSettings, engine: Engine) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _add_pages(app)
     _add_error_handlers(app)
+    app.state.label_writer = LabelWriter(engine)
+    app.add_middleware(HotPaths, state=app.state)  # inside GuardMiddleware (added after it)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 
@@ -87,17 +89,14 @@ def _add_pages(app: FastAPI) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PrefloopError)
     async def user_error(_: Request, exc: PrefloopError) -> JSONResponse:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": str(exc)}, status_code=error_status(exc))
 
-    @app.exception_handler(OperationalError)
-    async def busy(_: Request, exc: OperationalError) -> JSONResponse:
+    async def busy(_: Request, exc: Exception) -> JSONResponse:
         # the database is locked/unreachable: tell the client to retry (the label was not stored)
-        return JSONResponse(
-            {"detail": "database busy or unavailable, retry"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return JSONResponse(BUSY, status_code=503, headers={"Retry-After": "1"})
+
+    for error in fastpath.UNAVAILABLE:
+        app.add_exception_handler(error, busy)
 
 
 def app_from_env() -> FastAPI:

@@ -76,9 +76,7 @@ def me(user: User) -> schemas.Me:
 @router.get("/tasks/next", response_model=schemas.TaskOut, tags=["labeling"])
 def next_task(user: User, request: Request) -> schemas.TaskOut:
     """The next comparison for you (held for you for `lease_s` seconds), or null."""
-    st = request.app.state
-    task = service.next_task(st.engine, user, st.settings, _rng(request))
-    return schemas.TaskOut(task=task, progress=service.progress(st.engine, user, st.open_count))
+    return service.next_task_out(request.app.state, user)
 
 
 @router.post("/tasks/{comparison_id}/skip", status_code=204, tags=["labeling"])

@@ -85,6 +85,12 @@ def _view(cur: Cursor, comparison_id: int, rng: random.Random) -> schemas.Task:
     )
 
 
+def next_task_out(state: Any, user: Principal) -> schemas.TaskOut:
+    """GET /api/tasks/next: the next task and the caller's progress (`state`: app.state)."""
+    task = next_task(state.engine, user, state.settings, state.rng)
+    return schemas.TaskOut(task=task, progress=progress(state.engine, user, state.open_count))
+
+
 def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
     try:
         with write_cursor(engine) as cur:
@@ -96,7 +102,10 @@ def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
 # ---- labels -------------------------------------------------------------------------------
 
 
-def _values(user: Principal, body: schemas.LabelIn, now: datetime) -> dict[str, Any]:
+def label_values(
+    user: Principal, body: schemas.LabelIn, now: datetime | None = None
+) -> dict[str, Any]:
+    """The labels row for `body` posted by `user` (created now unless `now` is given)."""
     return {
         "comparison_id": body.comparison_id,
         "annotator_id": user.id,
@@ -106,7 +115,7 @@ def _values(user: Principal, body: schemas.LabelIn, now: datetime) -> dict[str, 
         "shown_left": body.shown_left,
         "seconds": body.seconds,
         "idempotency_key": body.idempotency_key,
-        "created_at": now,
+        "created_at": now or datetime.now(UTC),
     }
 
 
@@ -114,7 +123,7 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
     """Store one label: one UPDATE (label_count, which also proves the comparison exists) and one
     INSERT .. ON CONFLICT DO NOTHING in one transaction (fastpath.py); a retry with the same
     idempotency key returns the stored label instead of a duplicate."""
-    values = _values(user, body, datetime.now(UTC))
+    values = label_values(user, body)
     try:
         new_id = fastpath.insert_label(engine, values)
     except fastpath.UnknownComparison:
@@ -122,8 +131,8 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
             f"unknown comparison id {body.comparison_id}", field="comparison_id"
         ) from None
     if new_id is None:
-        return _resolve_replay(engine, user, body)
-    return schemas.LabelPosted(label=_label_out({**values, "id": new_id}), duplicate=False)
+        return resolve_replay(engine, user, body)
+    return schemas.LabelPosted(label=label_out({**values, "id": new_id}), duplicate=False)
 
 
 def post_labels(
@@ -132,7 +141,7 @@ def post_labels(
     """Many labels, one transaction and one commit; each item succeeds or fails on its own and
     is acknowledged only after the commit."""
     now = datetime.now(UTC)
-    values = [_values(user, body, now) for body in batch.labels]
+    values = [label_values(user, body, now) for body in batch.labels]
     results = []
     new_ids = fastpath.insert_labels(engine, values)
     for body, new_id in zip(batch.labels, new_ids, strict=True):
@@ -143,7 +152,7 @@ def post_labels(
             item = schemas.BatchItem(status="created", label_id=new_id)
         else:
             try:
-                old = _resolve_replay(engine, user, body)
+                old = resolve_replay(engine, user, body)
                 item = schemas.BatchItem(status="duplicate", label_id=old.label.id)
             except Conflict as e:
                 item = schemas.BatchItem(status="conflict", detail=e.message)
@@ -151,7 +160,7 @@ def post_labels(
     return schemas.LabelBatchOut(results=results)
 
 
-def _resolve_replay(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
+def resolve_replay(engine: Engine, user: Principal, body: schemas.LabelIn) -> schemas.LabelPosted:
     with engine.connect() as conn:
         row = conn.execute(
             select(labels).where(labels.c.idempotency_key == body.idempotency_key)
@@ -163,10 +172,10 @@ def _resolve_replay(engine: Engine, user: Principal, body: schemas.LabelIn) -> s
     if (row.annotator_id, row.comparison_id) != (user.id, body.comparison_id):
         raise Conflict("this idempotency key was already used for another label",
                        field="idempotency_key")  # fmt: skip
-    return schemas.LabelPosted(label=_label_out(row._mapping), duplicate=True)
+    return schemas.LabelPosted(label=label_out(row._mapping), duplicate=True)
 
 
-def _label_out(row: Any) -> schemas.LabelOut:
+def label_out(row: Any) -> schemas.LabelOut:
     created = row["created_at"]
     return schemas.LabelOut(
         id=row["id"],
@@ -202,7 +211,7 @@ def undo_last(
         cur.execute("UPDATE comparisons SET label_count = label_count - 1 WHERE id = ?",
                     (label["comparison_id"],))  # fmt: skip
         assign.lease(cur, label["comparison_id"], user.id, settings.lease_s)
-        return _label_out(label), _view(cur, label["comparison_id"], rng)
+        return label_out(label), _view(cur, label["comparison_id"], rng)
 
 
 def _age_s(created: datetime | str) -> float:
@@ -224,7 +233,7 @@ def list_labels(
             .limit(limit)
             .offset(offset)
         ).all()
-    return [_label_out(r._mapping) for r in rows]
+    return [label_out(r._mapping) for r in rows]
 
 
 # ---- progress -----------------------------------------------------------------------------
