@@ -61,6 +61,7 @@ def patch() -> None:
         return timed(name, fwd)(self, *a, **k)
 
     rollout.PolicyAndValue.forward = nets_forward
+    rollout.PolicyAndValue.values = timed("rollout: values", rollout.PolicyAndValue.values)
     ppo.PpoTask.loss = timed("learn: loss (forward + loss terms)", ppo.PpoTask.loss)
     torch.Tensor.backward = timed("learn: backward", torch.Tensor.backward)
     torch.optim.AdamW.step = timed("learn: AdamW step", torch.optim.AdamW.step)
@@ -96,7 +97,7 @@ def main() -> None:
     common.StepClock.start = start  # type: ignore[method-assign]
     common.StepClock.tick = tick  # type: ignore[method-assign]
     prof = (
-        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
         if args.ops
         else None
     )
@@ -118,7 +119,11 @@ def main() -> None:
             f"  {TIMES[name] / total:6.1%}"
         )
     if prof is not None:
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        print(
+            prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total", row_limit=40
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from prefloop.models.sampler import (
     right_pad,
     sample_tokens,
     sequence_logprobs,
+    token_logprobs,
 )
 
 PROMPTS = ["the movie", "i loved this blender it works fine and the sound", "bad", ""]
@@ -86,10 +87,34 @@ def test_sample_tokens_draws_the_filtered_distribution(top_k, top_p, expected):
         assert abs(float(freq[token]) - expected[rank]) < 0.015, (token, freq.tolist())
 
 
-def test_nucleus_outside_the_candidate_window_falls_back_to_the_full_sort():
-    logp = torch.log_softmax(torch.zeros(2, 1000), -1)  # flat: the top 256 hold 25.6% of the mass
-    draws = sample_tokens(logp.repeat(2000, 1), 0, 0.9, torch.Generator().manual_seed(0))
-    assert len(set(draws.tolist())) > 850  # ~900 tokens are in the nucleus, not 256
+def _nucleus(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Reference by full sort: the renormalized top-k, then top-p, distribution of one row."""
+    probs, order = logp.exp().sort(descending=True)
+    probs = probs[: top_k or len(probs)]
+    probs = probs / probs.sum()
+    probs[(probs.cumsum(0) - probs) >= top_p] = 0.0
+    out = torch.zeros_like(logp)
+    out[order[: len(probs)]] = probs / probs.sum()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("logits", "top_k", "top_p"),
+    [
+        (torch.linspace(0.0, 6.0, 600) ** 2, 0, 0.9),  # peaked: the nucleus is in the window
+        (torch.linspace(0.0, 1.0, 600), 0, 0.9),  # flat: ~530 kept, found from the tail up
+        (torch.linspace(0.0, 1.0, 1000), 0, 0.5),  # flat, nucleus and tail both > 256: sort
+        (torch.linspace(0.0, 1.0, 1000), 400, 0.7),  # top-k wider than the window: sort
+        (torch.linspace(0.0, 3.0, 600) ** 2, 100, 0.8),  # top-k inside the window
+    ],
+)
+def test_every_nucleus_path_draws_the_exact_filtered_distribution(logits, top_k, top_p):
+    logp = torch.log_softmax(logits[torch.randperm(len(logits))], -1)
+    expected = _nucleus(logp, top_k, top_p)
+    draws = sample_tokens(logp.repeat(100_000, 1), top_k, top_p, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=len(logp)).float() / len(draws)
+    assert not bool(freq[expected == 0].any()), "drew a token outside the nucleus"
+    assert float((freq - expected).abs().sum()) < 0.1
 
 
 def test_long_prompt_left_truncated_with_warning_or_error(make_model, tokenizer):
@@ -104,3 +129,18 @@ def test_long_prompt_left_truncated_with_warning_or_error(make_model, tokenizer)
         Sampler(model, tokenizer).generate(
             [long_prompt], SamplingParams(max_new_tokens=8, truncation="error")
         )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_value_and_gradient_match_log_softmax(temperature: float) -> None:
+    """token_logprobs has a hand-written backward: it must equal autograd through log_softmax."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 11, generator=g).requires_grad_()
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    weights = torch.randn(3, 5, generator=g)
+    expected = torch.log_softmax(x / temperature, -1).gather(-1, targets[..., None]).squeeze(-1)
+    got = token_logprobs(x, targets, temperature)
+    assert torch.allclose(got, expected, atol=1e-6)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.allclose(grad_got, grad_expected, atol=1e-6)

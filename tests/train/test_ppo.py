@@ -140,7 +140,7 @@ def test_rollout_logprobs_match_sampler_and_rewards(make_model, tokenizer) -> No
     exp = r.experience
     params = SamplingParams(max_new_tokens=12, temperature=0.7, seed=5)
     sampler = Sampler(policy, tokenizer)
-    _, lps, finished = sampler.generate_ids(
+    _, lps, finished, _ = sampler.generate_ids(
         sampler.encode(PROMPTS[:16], params), params, torch.Generator().manual_seed(5)
     )
     for i, lp in enumerate(lps):

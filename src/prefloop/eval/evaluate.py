@@ -81,7 +81,7 @@ def sample_model(
     finished: list[bool] = []
     gen = torch.Generator().manual_seed(cfg.seed)
     for i in range(0, len(rows), params.batch_size):
-        r, lp, f = sampler.generate_ids(rows[i : i + params.batch_size], params, gen)
+        r, lp, f, _ = sampler.generate_ids(rows[i : i + params.batch_size], params, gen)
         responses += r
         logprobs += lp
         finished += f

@@ -127,8 +127,9 @@ def sample_responses(
     gen = torch.Generator().manual_seed(cfg.seed)
     response_ids: list[list[int]] = []
     for start in range(0, len(rows), cfg.batch_size):
-        batch, _, _ = sampler.generate_ids(rows[start : start + cfg.batch_size], params, gen)
-        response_ids += batch
+        response_ids += sampler.generate_ids(
+            rows[start : start + cfg.batch_size], params, gen
+        ).response_ids
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
     return [texts[i * cfg.k : (i + 1) * cfg.k] for i in range(len(prompts))]
 

@@ -11,11 +11,14 @@ V = vocabulary.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
 
 from prefloop.config import option
 from prefloop.errors import PrefloopError
@@ -46,6 +49,15 @@ class Generation:
     logprobs: list[list[float]]  # log softmax(logits / T) of each response token
     finished: list[bool]  # True when the response ended with EOS
     texts: list[str] = field(default_factory=list)  # decoded responses, special tokens removed
+
+
+class Sampled(NamedTuple):
+    """One batch of `Sampler.generate_ids`, in the order of its rows."""
+
+    response_ids: list[list[int]]  # up to and including EOS when finished
+    logprobs: list[list[float]]  # log softmax(logits / T) of each response token
+    finished: list[bool]
+    entropy: list[list[float]]  # entropy of each token's distribution (only when asked)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,8 +91,42 @@ def right_pad(
 
 # Nucleus sampling looks at the top candidates first: a trained model's nucleus almost always
 # lies inside its 256 most likely tokens, and a top-k of the vocabulary is far cheaper than a
-# full sort (the sort dominated sampling time). When it does not, the full sort is used: exact.
+# full sort (the sort dominated sampling time). A flat distribution's nucleus is most of the
+# vocabulary instead: then the tokens it leaves out are found from the least likely up (a
+# bottom-k). Only when neither window holds the boundary is the vocabulary sorted. All exact.
 CANDIDATES = 256
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column drawn per row from unnormalized probs (B, N) with uniforms u (B, 1): (B,)."""
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def _without_tail(logp: torch.Tensor, top_p: float) -> torch.Tensor | None:
+    """Probs (B, V) with the tokens outside the top-p nucleus zeroed, or None when the excluded
+    tail is wider than the bottom-k window. In descending order a token is excluded when the
+    mass before it is >= top_p, that is when it and every less likely token hold <= 1 - top_p."""
+    V = logp.shape[-1]
+    low, idx = torch.topk(logp, min(V, max(CANDIDATES, V // 4)), dim=-1, largest=False)
+    probs = logp.exp()
+    low = low.exp()
+    room = probs.sum(-1, keepdim=True) * (1.0 - top_p)  # (B, 1): the tail's mass at most
+    cum = low.cumsum(-1)
+    if not bool((cum[:, -1:] > room).all()):  # some row's boundary lies beyond the window
+        return None
+    return probs.scatter_(-1, idx, low.masked_fill(cum <= room, 0.0))
+
+
+def _draw_nucleus(
+    probs: torch.Tensor, idx: torch.Tensor, total: torch.Tensor, top_p: float, u: torch.Tensor
+) -> torch.Tensor:
+    """Draw from the top-p nucleus of descending candidate probs (B, N) with token ids idx,
+    where `total` (B, 1) is the mass the nucleus is measured against (the top-k's)."""
+    if top_p < 1.0:
+        before = (probs.cumsum(-1) - probs) / total
+        probs = probs.masked_fill(before >= top_p, 0.0)  # keep the token that crosses top_p
+    return idx.gather(-1, _inverse_cdf(probs, u)[:, None]).squeeze(-1)
 
 
 def sample_tokens(
@@ -95,44 +141,83 @@ def sample_tokens(
     k = V if top_k <= 0 else min(top_k, V)
     u = torch.rand((B, 1), generator=generator)
     if k == V and top_p >= 1.0:  # plain sampling: inverse CDF over the whole vocabulary
-        cdf = logp.exp().cumsum(-1)
-        return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=V - 1).squeeze(-1)
+        return _inverse_cdf(logp.exp(), u)
     width = min(k, CANDIDATES)
-    vals, idx = torch.topk(logp, width, dim=-1)  # sorted, descending
-    probs = vals.exp()
-    covered = k == width or (k == V and bool((probs.sum(-1) >= top_p).all()))
-    if not covered:  # a sort is cheaper than a top-k of (nearly) the whole vocabulary
-        vals, idx = torch.sort(logp, dim=-1, descending=True)
-        vals, idx = vals[:, :k], idx[:, :k]
+    # a row whose most likely token holds less than top_p / width cannot fit its nucleus in
+    # the window: go straight to the bottom-k
+    flat = k == V and bool((logp.max(-1).values.exp() * width < top_p).any())
+    if not flat:
+        vals, idx = torch.topk(logp, width, dim=-1)  # sorted, descending
         probs = vals.exp()
-    probs = probs / probs.sum(-1, keepdim=True)  # renormalize within the top-k
-    if top_p < 1.0:
-        before = probs.cumsum(-1) - probs
-        probs = probs.masked_fill(before >= top_p, 0.0)  # keep the token that crosses top_p
-    cdf = probs.cumsum(-1)
-    j = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=probs.shape[-1] - 1)
-    return idx.gather(-1, j).squeeze(-1)
+        total = probs.sum(-1, keepdim=True) if k == width else logp.exp().sum(-1, keepdim=True)
+        if k == width or bool((probs.sum(-1, keepdim=True) >= top_p * total).all()):
+            return _draw_nucleus(probs, idx, total, top_p, u)
+    if k == V:
+        kept = _without_tail(logp, top_p)
+        if kept is not None:
+            return _inverse_cdf(kept, u)
+    vals, idx = torch.sort(logp, dim=-1, descending=True)  # exact fallback: the full sort
+    probs = vals[:, :k].exp()
+    return _draw_nucleus(probs, idx[:, :k], probs.sum(-1, keepdim=True), top_p, u)
 
 
 def sequence_logits(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: int | torch.Tensor = 0,
 ) -> torch.Tensor:
-    """Logits (B, T, V) of a forward pass with padding-aware position ids."""
+    """Logits (B, T, V) of a forward pass with padding-aware position ids. `keep` is
+    transformers' logits_to_keep: the LM head runs only on those positions (an int: the last
+    `keep`; a 1-D tensor: these positions; 0: all)."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids(attention_mask),
         use_cache=False,
+        logits_to_keep=keep,
     )
     return out.logits
 
 
+def response_positions(total_len: int, response_len: int) -> torch.Tensor:
+    """The positions whose logits predict the last `response_len` of `total_len` tokens."""
+    return torch.arange(total_len - response_len - 1, total_len - 1)
+
+
+def response_logits(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, response_len: int
+) -> torch.Tensor:
+    """Logits (B, R, V) predicting the last `response_len` tokens of `ids` (prompt + response)."""
+    return sequence_logits(model, ids, mask, response_positions(ids.shape[1], response_len))
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """x[target] - logsumexp(x) with a hand-written backward: the gradient, target one-hot
+    minus softmax, is built in one (B, R, V) buffer instead of autograd's zeros + scatter +
+    softmax + sum (the PPO learner's hottest full-vocabulary op)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        ctx.save_for_backward(x, targets, lse)
+        return (x.gather(-1, targets) - lse).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, targets, lse = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        out = (x - lse).exp_().mul_(-g)  # -softmax(x) * grad
+        return out.scatter_add_(-1, targets, g), None
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T)[target]: (B, R, V), (B, R) -> (B, R)."""
-    t = temperature if temperature > 0 else 1.0
-    return (
-        torch.log_softmax(logits.float() / t, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    )
+    """log softmax(logits / T)[target]: (B, R, V), (B, R) -> (B, R). No (B, R, V) log-softmax
+    is written, and no division at T = 1."""
+    x = logits.float()
+    if temperature > 0 and temperature != 1.0:
+        x = x / temperature
+    return _TokenLogprob.apply(x, targets.unsqueeze(-1))
 
 
 def sequence_logprobs(
@@ -146,8 +231,43 @@ def sequence_logprobs(
     """Log-probs (B, R) of `response` after left-padded `query`, and the response logits (B, R, V)."""
     ids = torch.cat([query, response], dim=1)
     mask = torch.cat([query_mask, response_mask], dim=1)
-    logits = sequence_logits(model, ids, mask)[:, query.shape[1] - 1 : -1]  # (B, R, V)
+    logits = response_logits(model, ids, mask, response.shape[1])  # (B, R, V)
     return token_logprobs(logits, response, temperature), logits
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer written into buffers sized for the whole generation. transformers'
+    DynamicLayer concatenates at every step, copying the whole cache per token (11% of a 20M
+    model's sampling time); here a step writes one column and the cache is a view."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        B, H, _, D = key_states.shape
+        self.device = key_states.device
+        self._k = key_states.new_empty((B, H, self.capacity, D))
+        self._v = value_states.new_empty((B, H, self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
 
 class Sampler:
@@ -189,7 +309,9 @@ class Sampler:
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         out = Generation([p for p in prompts for _ in range(params.n)], rows, [], [], [])
         for start in range(0, len(rows), params.batch_size):
-            resp, lps, fin = self.generate_ids(rows[start : start + params.batch_size], params, gen)
+            resp, lps, fin, _ = self.generate_ids(
+                rows[start : start + params.batch_size], params, gen
+            )
             out.response_ids += resp
             out.logprobs += lps
             out.finished += fin
@@ -198,53 +320,73 @@ class Sampler:
 
     @torch.no_grad()
     def generate_ids(
-        self, rows: list[list[int]], params: SamplingParams, gen: torch.Generator | None = None
-    ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
-        """Sample continuations of already-tokenized prompts (one batch)."""
+        self,
+        rows: list[list[int]],
+        params: SamplingParams,
+        gen: torch.Generator | None = None,
+        entropy: bool = False,
+    ) -> Sampled:
+        """Sample continuations of already-tokenized prompts (one batch); with `entropy`, also
+        the entropy of every token's (temperature-scaled, unfiltered) distribution.
+
+        Rows that emit EOS leave the batch (their KV cache rows are dropped), so later steps
+        only compute the responses still being written.
+        """
         was_training = self.model.training
         self.model.eval()
-        ids, mask = left_pad(rows, self.pad_id)  # (B, P)
-        B = ids.shape[0]
-        cache = DynamicCache()
-        pos = position_ids(mask)
+        ids, prompt_mask = left_pad(rows, self.pad_id)  # (B, P)
+        (B, P), T = ids.shape, params.max_new_tokens
+        # every step's attention mask is a prefix of this one: no per-step concatenation
+        mask = torch.ones((B, P + T), dtype=torch.long)
+        mask[:, :P] = prompt_mask
+        pos = position_ids(prompt_mask)
+        cache = Cache(layer_class_to_replicate=functools.partial(PreallocatedLayer, P + T))  # type: ignore[arg-type]
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+            input_ids=ids,
+            attention_mask=prompt_mask,
+            position_ids=pos,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]  # (B, V)
-        next_pos = pos[:, -1:] + 1  # (B, 1)
-        tokens = torch.empty((B, params.max_new_tokens), dtype=torch.long)
-        logprobs = torch.zeros((B, params.max_new_tokens))
-        done = torch.zeros(B, dtype=torch.bool)
-        steps = 0
-        for t in range(params.max_new_tokens):
-            t_ = params.temperature if params.temperature > 0 else 1.0
-            logp = torch.log_softmax(logits.float() / t_, -1)  # (B, V), once per token
+        next_pos = pos[:, -1:] + 1  # (b, 1)
+        tokens = torch.full((B, T), self.pad_id, dtype=torch.long)
+        logprobs = torch.zeros((B, T))
+        entropies = torch.zeros((B, T) if entropy else (0, 0))
+        live = torch.arange(B)  # the original row of each row still in the batch
+        temperature = params.temperature if params.temperature > 0 else 1.0
+        for t in range(T):
+            logp = torch.log_softmax(logits.float() / temperature, -1)  # (b, V), once per token
             if params.temperature > 0:
-                tok = sample_tokens(logp, params.top_k, params.top_p, gen)  # (B,)
+                tok = sample_tokens(logp, params.top_k, params.top_p, gen)  # (b,)
             else:
                 tok = logp.argmax(-1)
-            lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-            tok = tok.masked_fill(done, self.pad_id)
-            tokens[:, t] = tok
-            logprobs[:, t] = lp.masked_fill(done, 0.0)
-            steps = t + 1
-            done |= tok == self.eos_id
-            if bool(done.all()) or t == params.max_new_tokens - 1:
+            tokens[live, t] = tok
+            logprobs[live, t] = logp.gather(-1, tok[:, None]).squeeze(-1)
+            if entropy:
+                entropies[live, t] = -(logp.exp() * logp).sum(-1)
+            going = tok != self.eos_id
+            if t == T - 1 or not bool(going.any()):
                 break
-            mask = torch.cat([mask, (~done | (tok == self.eos_id)).long()[:, None]], dim=1)
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(-1)
+                live, tok, next_pos, mask = live[keep], tok[keep], next_pos[keep], mask[keep]
+                cache.batch_select_indices(keep)
             logits = self.model(
                 input_ids=tok[:, None],
-                attention_mask=mask,
+                attention_mask=mask[:, : P + t + 1],
                 position_ids=next_pos,
                 cache=cache,
                 use_cache=True,
             ).logits[:, -1]
             next_pos = next_pos + 1
         self.model.train(was_training)
-        resp, lps, fin = [], [], []
-        for i in range(B):
-            row = tokens[i, :steps].tolist()
-            n = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
-            resp.append(row[:n])
-            lps.append(logprobs[i, :n].tolist())
-            fin.append(self.eos_id in row)
-        return resp, lps, fin
+        out = Sampled([], [], [], [])
+        for i, row in enumerate(tokens.tolist()):
+            out.finished.append(self.eos_id in row)
+            n = row.index(self.eos_id) + 1 if out.finished[-1] else T
+            out.response_ids.append(row[:n])
+            out.logprobs.append(logprobs[i, :n].tolist())
+            if entropy:
+                out.entropy.append(entropies[i, :n].tolist())
+        return out

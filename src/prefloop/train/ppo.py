@@ -262,12 +262,15 @@ class PpoTask:
         logp = token_logprobs(logits, batch.sequences[:, P:], cfg.temperature)
         pg_loss, pg = L.ppo_clip_loss(logp, batch.old_logprobs, batch.advantages, m, cfg.clip_eps)
         vf_loss, vf = L.value_loss_clipped(values, batch.values, batch.returns, m, cfg.vf_clip_eps)
-        # entropy is a full-vocabulary (B, T, V) computation: keep it out of the graph unless
-        # it is part of the objective (its default coefficient is 0; it is still logged)
-        with torch.set_grad_enabled(cfg.entropy_coef != 0 and torch.is_grad_enabled()):
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        stats = {}
+        # entropy is a full-vocabulary (B, T, V) computation: only when it is in the objective
+        # (its default coefficient is 0; the rollout logs the policy's entropy anyway)
+        if cfg.entropy_coef != 0:
             entropy = L.masked_mean(L.entropy_from_logits(logits, cfg.temperature), m)
-        loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
-        return loss, {
+            loss = loss - cfg.entropy_coef * entropy
+            stats["charts/policy_entropy"] = float(entropy.detach())
+        return loss, stats | {
             "loss/policy": float(pg_loss.detach()),
             "loss/value": float(vf_loss.detach()),
             "loss/total": float(loss.detach()),
@@ -275,7 +278,6 @@ class PpoTask:
             "charts/approx_kl": pg["approx_kl"],
             "charts/ratio": pg["ratio"],
             "charts/vf_clipfrac": vf["vf_clipfrac"],
-            "charts/policy_entropy": float(entropy.detach()),
         }
 
     def on_step_end(

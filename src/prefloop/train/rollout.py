@@ -25,6 +25,8 @@ from prefloop.models.sampler import (
     SamplingParams,
     left_pad,
     position_ids,
+    response_logits,
+    response_positions,
     right_pad,
     token_logprobs,
 )
@@ -58,26 +60,49 @@ class PolicyAndValue(nn.Module):
         """Response-aligned logits (B, T, V) and values (B, T) of `ids` = prompt + response.
 
         Position P-1+t holds the state before response token t: its logits predict a_t and its
-        value is V(s_t).
+        value is V(s_t). The LM head runs on those positions only (logits_to_keep).
         """
-        pos = position_ids(mask)
         out = self.policy(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=pos,
+            position_ids=position_ids(mask),
             use_cache=False,
             output_hidden_states=self.value_head is not None,
+            logits_to_keep=response_positions(ids.shape[1], ids.shape[1] - prompt_len),
         )
-        logits = out.logits[:, prompt_len - 1 : -1]  # (B, T, V)
+        logits = out.logits  # (B, T, V)
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]  # (B, T, C)
             return logits, self.value_head(hidden).squeeze(-1)
-        assert self.value_model is not None
+        return logits, self.values(ids, mask, prompt_len)
+
+    def values(self, ids: Tensor, mask: Tensor, prompt_len: int) -> Tensor:
+        """Values (B, T) alone: the value network's forward, without the policy's LM head."""
+        pos = position_ids(mask)
+        if self.value_model is None:
+            assert self.value_head is not None
+            out = self.policy(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=False,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            return self.value_head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1)
         hidden = self.value_model.base_model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state[:, prompt_len - 1 : -1]
         head = self.value_model.get_submodule("score")
-        return logits, head(hidden).squeeze(-1).float()
+        return head(hidden).squeeze(-1).float()
+
+
+def pad_floats(rows: list[list[float]], width: int) -> Tensor:
+    """(B, width) float tensor of ragged rows, zero-padded on the right."""
+    out = torch.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
 
 
 @dataclass
@@ -133,7 +158,10 @@ def make_experience(
     sampler = Sampler(nets.policy, tokenizer)
     rows = sampler.encode(list(prompts), params)  # as the sampler always does: left-truncated
     gen = torch.Generator().manual_seed(seed)
-    responses, _, finished = sampler.generate_ids(rows, params, gen)
+    # the sampler's log-probs are the behaviour policy's (equal to a forward pass within 1e-5,
+    # tests/models/test_sampler.py): no second policy forward over the rollout
+    sampled = sampler.generate_ids(rows, params, gen, entropy=True)
+    responses, finished = sampled.response_ids, sampled.finished
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     raw_scores = reward.score(list(prompts), texts).float()  # (B,)
     keep = _drop_nonfinite(raw_scores, cfg, dropped_so_far).tolist()
@@ -145,15 +173,11 @@ def make_experience(
     P, rmask = query.shape[1], resp_mask.float()
     done = torch.tensor([finished[i] for i in keep])
 
-    logits, values = nets(ids, mask, P)
-    old_logp = token_logprobs(logits, resp, cfg.temperature)
-    entropy = L.masked_mean(L.entropy_from_logits(logits, cfg.temperature), rmask)
-    del logits
-    ref_logits = ref(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
-    ).logits[:, P - 1 : -1]
-    ref_logp = token_logprobs(ref_logits, resp, cfg.temperature)
-    del ref_logits
+    T = resp.shape[1]
+    old_logp = pad_floats([sampled.logprobs[i] for i in keep], T)
+    entropy = L.masked_mean(pad_floats([sampled.entropy[i] for i in keep], T), rmask)
+    values = nets.values(ids, mask, P)
+    ref_logp = token_logprobs(response_logits(ref, ids, mask, T), resp, cfg.temperature) * rmask
 
     scores = L.apply_missing_eos_penalty(
         raw_scores[keep], done, cfg.missing_eos_penalty if cfg.penalize_missing_eos else None
