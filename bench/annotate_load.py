@@ -104,14 +104,25 @@ def make_users(url: str, n: int) -> list[str]:
         ]
 
 
-def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
+def resolve_stack(http: str, loop: str) -> tuple[str, str]:
+    """What uvicorn's "auto" picks: httptools and uvloop when installed, else h11 and asyncio."""
+    import importlib.util
+
+    if http == "auto":
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return http, loop
+
+
+def start_server(url: str, port: int, workers: int, stack: tuple[str, str]) -> subprocess.Popen:
     from prefloop.feedback.app.settings import ENV_VAR, AppSettings
 
     settings = AppSettings(db=url, port=port, workers=workers, rate_limit=0.0, gold_rate=0.0,
                            auth_cache_s=30.0)  # fmt: skip
     cmd = [sys.executable, "-m", "uvicorn", "prefloop.feedback.app.main:app_from_env", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-           "--log-level", "warning", "--no-access-log"]  # fmt: skip
+           "--log-level", "warning", "--no-access-log", "--http", stack[0], "--loop", stack[1]]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, ENV_VAR: settings.to_env()})
     import httpx
 
@@ -199,7 +210,7 @@ def ingest(args: argparse.Namespace, url: str, tmp: Path) -> dict:
             ]
         plan.append((tok, jobs))
     warm = max(1, 20 // args.batch)
-    server = start_server(url, args.port, args.workers)
+    server = start_server(url, args.port, args.workers, args.stack)
     try:
         run_loadgen(args.port, [(t, j[:warm]) for t, j in plan], tmp)  # warm-up (not counted)
         result = run_loadgen(args.port, [(t, j[warm:]) for t, j in plan], tmp)
@@ -230,7 +241,7 @@ def next_task(args: argparse.Namespace, url: str, tmp: Path) -> dict:
     tokens = make_users(url, args.clients)
     per = max(1, args.requests // args.clients)
     plan = [(tok, [("GET", "/api/tasks/next", "")] * per) for tok in tokens]
-    server = start_server(url, args.port, args.workers)
+    server = start_server(url, args.port, args.workers, args.stack)
     try:
         run_loadgen(args.port, [(t, j[:5]) for t, j in plan], tmp)  # warm-up
         result = run_loadgen(args.port, plan, tmp)
@@ -260,11 +271,20 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2_000, help="next: task fetches to time")
     p.add_argument("--port", type=int, default=8391)
     p.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="uvicorn HTTP parser (auto, as `prefloop annotate`: httptools if installed)",
+    )
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="uvicorn event loop (auto: uvloop if installed)")  # fmt: skip
+    p.add_argument(
         "--keep",
         help="keep the seeded store (SQLite path or PostgreSQL database "
         "name) and reuse it when present (next scenario)",
     )
     args = p.parse_args()
+    args.stack = resolve_stack(args.http, args.loop)
     with tempfile.TemporaryDirectory() as d:
         url, pg_name, args.reused = make_db(args.db, Path(d), args.keep)
         try:
@@ -273,7 +293,9 @@ def main() -> None:
         finally:
             drop_db(pg_name)
     print(json.dumps({"scenario": args.scenario, "db": args.db, "workers": args.workers,
-                      "clients": args.clients, **result}))  # fmt: skip
+                      "clients": args.clients, "http": args.stack[0], "loop": args.stack[1],
+                      "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                      "loadavg_1m": os.getloadavg()[0], **result}))  # fmt: skip
 
 
 if __name__ == "__main__":

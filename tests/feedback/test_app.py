@@ -229,6 +229,9 @@ def test_rate_limit_per_token(sqlite_store: PreferenceStore) -> None:
     assert codes[:3] == [200, 200, 200] and codes[3] == 429
     assert c.get("/api/me", headers=b).status_code == 200  # other tokens are unaffected
     assert int(c.get("/api/me", headers=a).headers["retry-after"]) >= 1
+    # logins carry no token: they are limited per client address
+    logins = [c.post("/api/login", json={"code": f"wrong-{i}"}).status_code for i in range(4)]
+    assert logins == [401, 401, 401, 429]
 
 
 def test_rate_limit_on_the_lean_path(sqlite_store: PreferenceStore) -> None:
@@ -306,3 +309,38 @@ def test_batch_post_is_all_in_one_transaction_with_per_item_status(store: Prefer
     assert counts == {ids[0]: 1, ids[1]: 1, ids[2]: 0}  # refused items changed nothing
     too_many = {"labels": [lab(ids[2], f"many-{i:05d}") for i in range(101)]}
     assert c.post("/api/labels/batch", json=too_many, headers=a).status_code in (413, 422)
+
+
+def test_disabling_reopens_comparisons_and_stops_a_cached_token(
+    sqlite_store: PreferenceStore, via: dict
+) -> None:
+    from prefloop.feedback import accounts
+
+    ids = seed(sqlite_store, 2, required=1)
+    c = client(sqlite_store, **via)
+    admin = user(sqlite_store, "root", "admin")
+    a, b = user(sqlite_store, "a1"), user(sqlite_store, "b1")
+    ta = c.get("/api/tasks/next", headers=a).json()["task"]
+    assert c.post("/api/labels", json=label_body(ta, key="dis-00001"), headers=a).status_code == 201
+    assert c.get("/api/tasks/next", headers=b).json()["task"]["comparison_id"] == ids[1]
+    a_id = c.get("/api/me", headers=a).json()["id"]
+    assert c.patch(f"/api/admin/annotators/{a_id}", json={"disabled": True},
+                   headers=admin).status_code == 204  # fmt: skip
+    # a's label no longer counts: ids[0] is open again (b holds ids[1], so b gets ids[0] next)
+    c.post(f"/api/tasks/{ids[1]}/skip", headers=b)
+    assert c.get("/api/tasks/next", headers=b).json()["task"]["comparison_id"] == ids[0]
+    accounts.set_disabled(sqlite_store.engine, a_id, False)
+    c.app.state.tokens.forget(a_id)
+    tb = c.get("/api/tasks/next", headers=b).json()["task"]
+    assert tb is None  # a counts again: nothing left for b
+    # disabled by another worker process (this one's token cache still has a): refused anyway
+    assert c.get("/api/me", headers=a).status_code == 200
+    accounts.set_disabled(sqlite_store.engine, a_id, True)
+    body = label_body({"comparison_id": ids[1], "shown_left": "a"}, key="dis-00002")
+    refused = c.post("/api/labels", json=body, headers=a)
+    assert refused.status_code == (403 if via["auth_cache_s"] else 401), refused.text
+    assert c.post("/api/labels/undo", headers=a).status_code in (401, 403)
+    with sqlite_store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(labels)).scalar_one() == 1
+        counts = dict(conn.execute(select(comparisons.c.id, comparisons.c.label_count)).all())
+    assert counts == {ids[0]: 0, ids[1]: 0}

@@ -133,6 +133,45 @@ def test_disabled_annotator_cannot_label_and_is_excluded(store: PreferenceStore)
         store.set_annotator_disabled("nobody")
 
 
+def _counts(store: PreferenceStore) -> dict[int, int]:
+    with store.session() as s:
+        return dict(s.execute(select(Comparison.id, Comparison.label_count)).tuples().all())
+
+
+def test_disabled_annotators_labels_stop_counting_toward_k(store: PreferenceStore) -> None:
+    c1, c2, c3 = _seed(store)
+    bob, eve = store.ensure_annotator("bob", "human"), store.ensure_annotator("eve", "human")
+    store.add_labels(bob, [LabelIn(c1, "a"), LabelIn(c2, "b")])
+    store.add_labels(eve, [LabelIn(c1, "b")])
+    assert _counts(store) == {c1: 2, c2: 1, c3: 0}
+    store.set_annotator_disabled("bob")
+    store.set_annotator_disabled("bob")  # twice: no double subtraction
+    assert _counts(store) == {c1: 1, c2: 0, c3: 0}  # c2 is open again for others
+    store.set_annotator_disabled("bob", False)
+    assert _counts(store) == {c1: 2, c2: 1, c3: 0}
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_migration_0003_recounts_disabled_annotators_labels(
+    db: str, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    if db == "postgresql":
+        url = request.getfixturevalue("fresh_pg_url")("m3")  # conftest.py
+    store = PreferenceStore(url, upgrade=False)
+    store.upgrade("0002_app")  # before: a disabled annotator's labels counted
+    c1, c2, _ = _seed(store)
+    bob, eve = store.ensure_annotator("bob", "human"), store.ensure_annotator("eve", "human")
+    store.add_labels(bob, [LabelIn(c1, "a"), LabelIn(c2, "b")])
+    store.add_labels(eve, [LabelIn(c1, "b")])
+    with store.engine.begin() as conn:  # disabled the old way: the flag alone
+        conn.execute(text("UPDATE annotators SET disabled = true WHERE name = 'bob'"))
+    store.upgrade()
+    assert store.revision() == "0003_disabled"
+    assert _counts(store) == {c1: 1, c2: 0, _: 0}
+    store.close()
+
+
 def test_idempotency_key_replays_without_duplicates(store: PreferenceStore) -> None:
     c1, c2, _ = _seed(store)
     ann = store.ensure_annotator("carol", "human")

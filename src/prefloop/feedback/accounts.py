@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from prefloop.errors import PrefloopError
+from prefloop.feedback import store
 from prefloop.feedback.app.tables import annotators, login_links, sessions
 from prefloop.feedback.models import ANNOTATOR_KINDS, ROLES
 
@@ -157,11 +158,11 @@ def _principal(conn: Connection, condition: ColumnElement[bool]) -> Principal | 
 
 
 def set_disabled(engine: Engine, annotator_id: int, disabled: bool) -> None:
-    with engine.begin() as conn:
-        n = conn.execute(
-            update(annotators).where(annotators.c.id == annotator_id).values(disabled=disabled)
-        ).rowcount
-    if n == 0:
+    """Disable or re-enable an account; a disabled annotator's labels stop counting toward
+    their comparisons' k labels (store.set_disabled)."""
+    with engine.execution_options(prefloop_begin="IMMEDIATE").begin() as conn:
+        found = store.set_disabled(conn, annotator_id, disabled)
+    if not found:
         raise PrefloopError(f"no annotator with id {annotator_id}", field="annotator_id")
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "PromptIn",
     "ResponseIn",
     "StoreTransaction",
+    "set_disabled",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -401,9 +402,10 @@ class StoreTransaction:
         return int(row.id)
 
     def set_annotator_disabled(self, name: str, disabled: bool = True) -> None:
-        q = update(_ANNOTATORS).where(_ANNOTATORS.c.name == name).values(disabled=disabled)
-        if self.connection.execute(q).rowcount == 0:
+        row = self._annotator_by_name(name)
+        if row is None:
             raise PrefloopError(f"unknown annotator '{name}'")
+        set_disabled(self.connection, int(row.id), disabled)
 
     def _annotator_by_name(self, name: str) -> Any:
         q = select(_ANNOTATORS.c.id, _ANNOTATORS.c.kind).where(_ANNOTATORS.c.name == name)
@@ -452,10 +454,10 @@ class StoreTransaction:
 
     def add_labels(self, annotator_id: int, labels: Sequence[LabelIn]) -> list[int]:
         conn = self.connection
-        who = conn.execute(
-            select(_ANNOTATORS.c.name, _ANNOTATORS.c.disabled).where(
-                _ANNOTATORS.c.id == annotator_id
-            )
+        who = conn.execute(  # KEY SHARE: a concurrent set_disabled waits for this transaction
+            select(_ANNOTATORS.c.name, _ANNOTATORS.c.disabled)
+            .where(_ANNOTATORS.c.id == annotator_id)
+            .with_for_update(key_share=True)
         ).first()
         if who is None:
             raise PrefloopError(f"unknown annotator id {annotator_id}")
@@ -502,6 +504,30 @@ class StoreTransaction:
                 [{"cid": row["comparison_id"]} for row in new],
             )
         return [i if i is not None else next(new_ids) for i in ids]
+
+
+def set_disabled(conn: Connection, annotator_id: int, disabled: bool) -> bool:
+    """Disable (or re-enable) an annotator in the caller's transaction; False if no such id.
+
+    `comparisons.label_count` counts the labels of enabled annotators only, so a disabled
+    annotator's comparisons go back to the open queue for others (and come back out when they
+    are re-enabled). The annotator's row is locked FOR UPDATE first: label writers hold a KEY
+    SHARE lock on it while they check `disabled`, so the two never interleave on PostgreSQL
+    (SQLite has one writer at a time anyway).
+    """
+    a = _ANNOTATORS.c
+    row = conn.execute(select(a.disabled).where(a.id == annotator_id).with_for_update()).first()
+    if row is None:
+        return False
+    if bool(row.disabled) != disabled:
+        conn.execute(update(_ANNOTATORS).where(a.id == annotator_id).values(disabled=disabled))
+        theirs = select(_LABELS.c.comparison_id).where(_LABELS.c.annotator_id == annotator_id)
+        conn.execute(
+            update(_COMPARISONS)
+            .where(_COMPARISONS.c.id.in_(theirs))
+            .values(label_count=_COMPARISONS.c.label_count + (-1 if disabled else 1))
+        )
+    return True
 
 
 def _validate_label(lab: LabelIn, where: str, status: dict[int, bool], annotator: str) -> None:

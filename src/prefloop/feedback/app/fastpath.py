@@ -138,24 +138,40 @@ _INSERT = (
 _RELEASE = "DELETE FROM app_leases WHERE comparison_id = ? AND annotator_id = ?"
 
 
-class UnknownComparison(Exception):
-    pass
-
-
 MISSING = -1  # insert_labels: the comparison does not exist
+DISABLED = -2  # insert_labels: the annotator is disabled (or gone)
+
+
+def enabled_annotators(cur: Cursor, ids: set[int]) -> set[int]:
+    """Which of `ids` are enabled. On PostgreSQL their rows are KEY SHARE-locked until the
+    transaction ends: store.set_disabled (FOR UPDATE) then waits, so a label is never counted
+    for an annotator whose disabling did not see it."""
+    if cur.dialect == "sqlite":
+        marks = ", ".join("?" * len(ids))
+        cur.execute(f"SELECT id FROM annotators WHERE NOT disabled AND id IN ({marks})", list(ids))
+    else:
+        cur.execute(
+            "SELECT id FROM annotators WHERE NOT disabled AND id = ANY(?) FOR KEY SHARE",
+            [list(ids)],
+        )
+    return {int(r[0]) for r in cur.cur.fetchall()}
 
 
 def insert_labels(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None]:
     """Insert and count labels in ONE transaction (one commit for the whole batch). Per row:
     the new id; None when a unique constraint (idempotency key, or one label per annotator and
-    comparison) already holds a row; MISSING for an unknown comparison. Rows that are not
-    inserted change nothing."""
+    comparison) already holds a row; MISSING for an unknown comparison; DISABLED when the
+    annotator is disabled. Rows that are not inserted change nothing."""
     if engine.dialect.name == "postgresql":
         return _insert_labels_pg(engine, rows)
     out: list[int | None] = []
     with write_cursor(engine) as cur:
+        enabled = enabled_annotators(cur, {values["annotator_id"] for values in rows})
         for values in rows:
             cid = values["comparison_id"]
+            if values["annotator_id"] not in enabled:
+                out.append(DISABLED)
+                continue
             if cur.execute(_BUMP, (1, cid)).rowcount == 0:
                 out.append(MISSING)
                 continue
@@ -198,9 +214,13 @@ SELECT id, comparison_id, annotator_id, idempotency_key FROM ins
 """
 
 
-def _insert_labels_pg(engine: Engine, rows: list[dict[str, Any]]) -> list[int | None]:
-    columns = [[values[c] for values in rows] for c in LABEL_COLUMNS]
+def _insert_labels_pg(engine: Engine, all_rows: list[dict[str, Any]]) -> list[int | None]:
     with write_cursor(engine) as cur:
+        enabled = enabled_annotators(cur, {values["annotator_id"] for values in all_rows})
+        rows = [values for values in all_rows if values["annotator_id"] in enabled]
+        if not rows:
+            return [DISABLED] * len(all_rows)
+        columns = [[values[c] for values in rows] for c in LABEL_COLUMNS]
         cur.cur.execute(_PG_BATCH, columns)
         stored = {key: (new_id, cid, aid) for new_id, cid, aid, key in cur.cur.fetchall()}
         out: list[int | None] = []
@@ -220,12 +240,12 @@ def _insert_labels_pg(engine: Engine, rows: list[dict[str, Any]]) -> list[int | 
                 MISSING if o is None and v["comparison_id"] not in known else o
                 for v, o in zip(rows, out, strict=True)
             ]
+    if len(rows) < len(all_rows):  # put the disabled annotators' rows back in their places
+        done = iter(out)
+        return [next(done) if v["annotator_id"] in enabled else DISABLED for v in all_rows]
     return out
 
 
 def insert_label(engine: Engine, values: dict[str, Any]) -> int | None:
-    """insert_labels for one label; raises UnknownComparison for an unknown comparison."""
-    [new_id] = insert_labels(engine, [values])
-    if new_id == MISSING:
-        raise UnknownComparison()
-    return new_id
+    """insert_labels for one label (same results)."""
+    return insert_labels(engine, [values])[0]

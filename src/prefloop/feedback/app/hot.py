@@ -79,10 +79,7 @@ class HotPaths:
         values = service.label_values(user, label)
         try:
             new_id = await st.label_writer.insert(values)
-            if new_id == fastpath.MISSING:
-                raise service.NotFound(
-                    f"unknown comparison id {label.comparison_id}", field="comparison_id"
-                )
+            service.raise_if_refused(label, new_id)
             if new_id is None:  # a unique constraint held: a replay or a second label
                 out = await run_in_threadpool(service.resolve_replay, st.engine, user, label)
                 return await _respond(send, 200, out.model_dump_json().encode())

@@ -53,6 +53,7 @@ def build_app(settings: AppSettings, engine: Engine) -> FastAPI:
     app.state.engine = engine
     app.state.tokens = TokenCache(engine, settings.auth_cache_s)
     app.state.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    app.state.login_limiter = RateLimiter(settings.rate_limit, settings.rate_burst)  # per address
     app.state.open_count = service.OpenCount()
     app.state.rng = random.SystemRandom()  # side order must not be predictable
     app.include_router(router)

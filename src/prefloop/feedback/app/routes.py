@@ -60,7 +60,11 @@ def _rng(request: Request) -> random.Random:
 
 @router.post("/login", response_model=schemas.LoginOut, tags=["accounts"])
 def login(body: schemas.LoginIn, request: Request) -> schemas.LoginOut:
-    """Exchange a one-time login code for a session token."""
+    """Exchange a one-time login code for a session token (rate-limited per client address)."""
+    address = request.client.host if request.client else ""
+    wait = request.app.state.login_limiter.retry_after(address)
+    if wait > 0:
+        raise HTTPException(429, "too many login attempts", headers=retry_after_header(wait))
     try:
         user, token = accounts.redeem_login_code(request.app.state.engine, body.code)
     except PrefloopError as e:

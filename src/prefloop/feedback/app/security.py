@@ -2,7 +2,8 @@
 
 Tokens come only in the Authorization header (Bearer), never in cookies, so a cross-site page
 cannot make the browser act as an annotator. Rate limits are per authenticated token, not per
-IP (X-Forwarded-For is spoofable).
+IP (X-Forwarded-For is spoofable). The one call without a token, POST /api/login, is limited per
+connecting address instead (behind a reverse proxy that is the proxy's: all logins share it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Hashable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -64,19 +66,22 @@ class TokenCache:
 
 
 class RateLimiter:
-    """Token bucket per annotator: `rate` requests/s on average, bursts up to `burst`."""
+    """Token bucket per key (annotator id, or address for logins): `rate` requests/s on
+    average, bursts up to `burst`."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[int, tuple[float, float]] = {}
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def retry_after(self, key: int) -> float:
+    def retry_after(self, key: Hashable) -> float:
         """0 if the request may go ahead (and is counted), else seconds to wait."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) > self.max_keys:  # many addresses: forget (refill) them all
+                self._buckets.clear()
             tokens, at = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
             if tokens >= 1.0:

@@ -124,15 +124,21 @@ def post_label(engine: Engine, user: Principal, body: schemas.LabelIn) -> schema
     INSERT .. ON CONFLICT DO NOTHING in one transaction (fastpath.py); a retry with the same
     idempotency key returns the stored label instead of a duplicate."""
     values = label_values(user, body)
-    try:
-        new_id = fastpath.insert_label(engine, values)
-    except fastpath.UnknownComparison:
-        raise NotFound(
-            f"unknown comparison id {body.comparison_id}", field="comparison_id"
-        ) from None
+    new_id = fastpath.insert_label(engine, values)
+    raise_if_refused(body, new_id)
     if new_id is None:
         return resolve_replay(engine, user, body)
     return schemas.LabelPosted(label=label_out({**values, "id": new_id}), duplicate=False)
+
+
+def raise_if_refused(body: schemas.LabelIn, new_id: int | None) -> None:
+    """The error for a label that insert_labels refused (an unknown comparison, or an account
+    disabled while its token was still cached)."""
+    if new_id == fastpath.MISSING:
+        missing = f"unknown comparison id {body.comparison_id}"
+        raise NotFound(missing, field="comparison_id")
+    if new_id == fastpath.DISABLED:
+        raise Forbidden("this account is disabled")
 
 
 def post_labels(
@@ -144,6 +150,8 @@ def post_labels(
     values = [label_values(user, body, now) for body in batch.labels]
     results = []
     new_ids = fastpath.insert_labels(engine, values)
+    if fastpath.DISABLED in new_ids:  # one caller, so all of them
+        raise Forbidden("this account is disabled")
     for body, new_id in zip(batch.labels, new_ids, strict=True):
         if new_id == fastpath.MISSING:
             missing = f"unknown comparison id {body.comparison_id}"
@@ -201,6 +209,8 @@ def undo_last(
     """Delete the annotator's most recent label (if younger than the undo window) and hand the
     comparison back to them."""
     with write_cursor(engine) as cur:
+        if not fastpath.enabled_annotators(cur, {user.id}):  # (disabled, token still cached)
+            raise Forbidden("this account is disabled")
         row = cur.execute(_LAST, (user.id,)).one()
         if row is None or _age_s(row[7]) > settings.undo_window_s:
             return None, None

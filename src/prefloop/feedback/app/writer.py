@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from prefloop.feedback.app import fastpath
 
-Result = int | None  # the new label id, None (unique constraint held: replay), or fastpath.MISSING
+Result = int | None  # a new label id, None (a unique constraint held: replay), MISSING or DISABLED
 
 
 class LabelWriter:
