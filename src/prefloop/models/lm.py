@@ -107,11 +107,23 @@ def _check_exists(ref: str) -> None:
         raise PrefloopError(f"model path '{ref}' does not exist")
 
 
+def fuse_activation(config: Any) -> Any:
+    """Run "gelu_new" (the tanh GELU of GPT-2 and kin, written as five elementwise ops) as
+    "gelu_pytorch_tanh", the same function in one fused kernel: equal within float rounding,
+    and a tiny model's MLP spends a fifth of its time there. Returns the config."""
+    for key in ("activation_function", "hidden_act"):
+        if getattr(config, key, None) == "gelu_new":
+            setattr(config, key, "gelu_pytorch_tanh")
+    return config
+
+
 def load_model(ref: str, *, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a causal LM from a folder or hub id (safetensors only), float32, eval mode."""
     _check_exists(ref)
     try:
-        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        config = fuse_activation(
+            AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        )
     except (OSError, ValueError) as e:
         raise PrefloopError(f"cannot load model '{ref}': {str(e).splitlines()[0]}") from None
     try:

@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
+from prefloop.models.lm import fuse_activation
 
 NORMALIZATION_KEY = "reward_normalization"
 ENSEMBLE_DIR = "ensemble"
@@ -238,7 +239,7 @@ def build_reward_model(sft_ref: str | Path, tokenizer: Any, seed: int = 0) -> Pr
     new scalar head drawn from N(0, 1/sqrt(d+1)) (no bias), dropout off, pad token set."""
     if tokenizer.pad_token_id is None:
         raise PrefloopError("the tokenizer has no pad token; the reward model needs one")
-    config = AutoConfig.from_pretrained(str(sft_ref), num_labels=1)
+    config = fuse_activation(AutoConfig.from_pretrained(str(sft_ref), num_labels=1))
     _without_dropout(config)
     config.pad_token_id = tokenizer.pad_token_id
     config.problem_type = "regression"
@@ -286,7 +287,7 @@ def load_reward_model(ref: str | Path, workspace: Any = None) -> tuple[PreTraine
     from transformers import AutoTokenizer
 
     path = workspace.resolve(str(ref)) if workspace is not None else str(ref)
-    config = _checked_config(path)
+    config = fuse_activation(_checked_config(path))
     _without_dropout(config)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, config=config, dtype=torch.float32, attn_implementation="sdpa"
