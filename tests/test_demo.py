@@ -40,6 +40,7 @@ def test_demo_runs_every_stage_and_writes_metrics(tmp_path):
         <= 1
     )
     assert 0 < metrics["comparisons_used"] <= 240
+    assert isinstance(metrics["over_optimization"], bool)  # the report's reward-hacking flag
     assert (report.parent / "report.md").exists()
     for stage in ("[1/8] pretrain", "[5/8] reward model", "[6/8] ppo", "[8/8] report"):
         assert stage in p.stdout

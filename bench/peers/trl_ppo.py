@@ -21,25 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common
 import torch
+from _clock import Clock
 from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    TrainerCallback,
 )
 from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-
-class Clock(TrainerCallback):
-    def __init__(self, clock: common.StepClock) -> None:
-        self.clock = clock
-
-    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        self.clock.start()
-
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-        self.clock.tick()
 
 
 def main() -> None:

@@ -233,5 +233,9 @@ def _report_stage(ws: Workspace, out: dict[str, Any], bar: _Progress) -> Path:
         ),
         lambda p: str(p.parent),
     )
+    report = json.loads((html.parent / "report.json").read_text())
+    out["over_optimization"] = headline["over_optimization"] = bool(
+        report["over_optimization"]["flagged"]
+    )
     (html.parent / "metrics.json").write_text(json.dumps(headline, indent=2, default=str))
     return html

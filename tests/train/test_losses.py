@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from prefloop.models.sampler import token_logprobs
 from prefloop.train import losses as L
 
 
@@ -63,11 +64,11 @@ def test_entropy_from_logits() -> None:
     assert L.entropy_from_logits(uniform).item() == pytest.approx(math.log(8), rel=1e-5)
 
 
-def test_logprobs_from_logits_uses_temperature() -> None:
+def test_token_logprobs_use_temperature() -> None:
     logits = torch.tensor([[[2.0, 0.0]]])
     tok = torch.tensor([[0]])
     # at T=2 the logits become [1, 0]: p = e/(e+1)
-    got = L.logprobs_from_logits(logits, tok, temperature=2.0).item()
+    got = token_logprobs(logits, tok, temperature=2.0).item()
     assert got == pytest.approx(math.log(math.e / (math.e + 1)), rel=1e-6)
 
 

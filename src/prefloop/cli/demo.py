@@ -29,6 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
         "win_rate_ci_low",
         "win_rate_ci_high",
         "wall_seconds",
+        "over_optimization",
     ):
         if out.get(key) is not None:
             v = out[key]

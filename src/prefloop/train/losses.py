@@ -59,17 +59,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     return float(1 - masked_var(returns - values, mask, unbiased=False) / var_returns)
 
 
-# ---- log-probabilities and entropy ---------------------------------------------------------
-
-
-def logprobs_from_logits(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log π(token) under the temperature-scaled full distribution.
-
-    logits (B, T, V), tokens (B, T) -> (B, T). The temperature must divide the logits here just
-    as it did at sampling time, otherwise the PPO ratio is not 1 at the first step.
-    """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+# ---- entropy (token log-probs live beside the sampler: models.sampler.token_logprobs) ----
 
 
 def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
