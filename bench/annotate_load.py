@@ -237,6 +237,11 @@ def next_task(args: argparse.Namespace, url: str, tmp: Path) -> dict:
     t = time.perf_counter()
     if not args.reused:
         bulk_seed(url, args.comparisons, required=3)
+    else:  # start as a fresh store would: earlier runs' leases (300 s) would lengthen the walk
+        from prefloop.feedback.store import PreferenceStore
+
+        with PreferenceStore(url) as store, store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM app_leases")
     seed_s = time.perf_counter() - t
     tokens = make_users(url, args.clients)
     per = max(1, args.requests // args.clients)

@@ -45,11 +45,17 @@ def next_task(
     engine: Engine, user: Principal, settings: AppSettings, rng: random.Random
 ) -> schemas.Task | None:
     with write_cursor(engine, durable=False) as cur:  # a lease lost in a crash just expires
-        cid = assign.next_comparison(cur, user.id, gold_rate=settings.gold_rate, rng=rng)
-        if cid is None:
-            return None
-        assign.lease(cur, cid, user.id, settings.lease_s)
-        return _view(cur, cid, rng)
+        return _next_in(cur, user, settings, rng)
+
+
+def _next_in(
+    cur: Cursor, user: Principal, settings: AppSettings, rng: random.Random
+) -> schemas.Task | None:
+    cid = assign.next_comparison(cur, user.id, gold_rate=settings.gold_rate, rng=rng)
+    if cid is None:
+        return None
+    assign.lease(cur, cid, user.id, settings.lease_s)
+    return _view(cur, cid, rng)
 
 
 _VIEW = """
@@ -87,8 +93,20 @@ def _view(cur: Cursor, comparison_id: int, rng: random.Random) -> schemas.Task:
 
 def next_task_out(state: Any, user: Principal) -> schemas.TaskOut:
     """GET /api/tasks/next: the next task and the caller's progress (`state`: app.state)."""
-    task = next_task(state.engine, user, state.settings, state.rng)
-    return schemas.TaskOut(task=task, progress=progress(state.engine, user, state.open_count))
+    engine, labeled = state.engine, None
+    with write_cursor(engine, durable=False) as cur:
+        task = _next_in(cur, user, state.settings, state.rng)
+        # PostgreSQL: count in the same transaction (4 round trips fewer than a second checkout);
+        # SQLite: after it, so a long count does not hold the single write lock
+        if cur.dialect != "sqlite":
+            labeled = _labeled(cur, user.id)
+    if labeled is None:
+        with read_cursor(engine) as cur:
+            labeled = _labeled(cur, user.id)
+    available = state.open_count.get(engine)
+    return schemas.TaskOut(
+        task=task, progress=schemas.Progress(labeled=labeled, available=available)
+    )
 
 
 def skip_task(engine: Engine, user: Principal, comparison_id: int) -> None:
@@ -275,9 +293,13 @@ class OpenCount:
             self._value = value
 
 
+def _labeled(cur: Cursor, annotator_id: int) -> int:
+    return int(
+        cur.execute("SELECT count(*) FROM labels WHERE annotator_id = ?", (annotator_id,)).one()[0]
+    )
+
+
 def progress(engine: Engine, user: Principal, open_count: OpenCount) -> schemas.Progress:
     with read_cursor(engine) as cur:
-        labeled = cur.execute(
-            "SELECT count(*) FROM labels WHERE annotator_id = ?", (user.id,)
-        ).one()
-    return schemas.Progress(labeled=int(labeled[0]), available=open_count.get(engine))
+        labeled = _labeled(cur, user.id)
+    return schemas.Progress(labeled=labeled, available=open_count.get(engine))
