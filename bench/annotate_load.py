@@ -1,15 +1,25 @@
 """Benchmark of the annotation app (not a test): labels ingested per second over HTTP with 64
 concurrent clients on loopback, and next-task latency with 1,000,000 comparisons stored.
 
-    python bench/annotate_load.py ingest --db sqlite --workers 2 --labels 20000
-    python bench/annotate_load.py ingest --db postgresql --workers 2
-    python bench/annotate_load.py next --db sqlite --comparisons 1000000
+    python bench/annotate_load.py ingest --db sqlite --workers 2 --labels 40000
+    python bench/annotate_load.py ingest --db postgresql --workers 2 --labels 40000
+    python bench/annotate_load.py ingest --db sqlite --labels 100000 --batch 50   # batched posts
+    python bench/annotate_load.py next --db sqlite --clients 1 --keep /tmp/next1m.db
+
+`ingest` with --batch 1 (the default) is the headline: one label per `POST /api/labels`, as the
+labeling page and most scripts post. --batch N > 1 posts N labels per `POST /api/labels/batch`
+and is a different figure. Every ingest run counts the stored labels afterwards.
 
 The server is `uvicorn prefloop.feedback.app.main:app_from_env` (what `prefloop annotate`
-runs) in its own processes; the load generator is another process: a minimal keep-alive
-HTTP/1.1 client on asyncio, so the client costs as little CPU as possible on a 2-core machine.
-The per-token rate limit is off (rate_limit=0) because 64 tokens at the default 20/s cap the
-load at 1,280/s. Prints one JSON line with the result.
+runs) in its own processes, with uvicorn's HTTP parser and event loop given by --http/--loop
+("auto", as `prefloop annotate`: httptools and uvloop when installed, else h11 and asyncio --
+about 4x apart here). The load generator is another process: a minimal keep-alive HTTP/1.1
+client on asyncio, so the client costs as little CPU as possible on a 2-core machine, one
+token per client. The per-token rate limit is off (rate_limit=0) because 64 tokens at the
+default 20/s cap the load at 1,280/s; tokens are cached for 30 s (default 5 s: either way all
+but the first request of a token take the lean path, app/hot.py). `next` seeds 1,000,000
+comparisons (k = 3) inside the database in seconds; --keep keeps and reuses them (without the
+leases of earlier runs). Prints one JSON line with the result, the stack, the date and the load.
 """
 
 from __future__ import annotations
