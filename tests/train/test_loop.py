@@ -59,6 +59,18 @@ def test_every_parameter_changes_after_a_step(make_model, tokenizer, texts, tmp_
     assert unchanged == []
 
 
+def test_bf16_autocast_lowers_the_loss_and_keeps_float32_weights(
+    make_model, tokenizer, texts, tmp_path
+):
+    rows = _rows(tokenizer, texts)
+    model = make_model("qwen2")
+    task = LanguageModelingTask(rows, [], 16, 1, tokenizer.pad_token_id)
+    result = train(model, task, _cfg(max_steps=8, lr=3e-3, bf16=True), tmp_path, progress=False)
+    losses = [row["loss/train"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_warmup_then_cosine_to_floor():
     cfg = LoopConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1)

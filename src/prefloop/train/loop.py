@@ -42,6 +42,11 @@ class LoopConfig:
     log_every: int = option(10, "TensorBoard/progress update every N steps")
     seed: int = option(0, "random seed")
     deterministic: bool = option(False, "bitwise-reproducible CPU kernels (slower)")
+    bf16: bool = option(
+        False,
+        "bfloat16 autocast for forward and loss (weights, gradients and AdamW stay float32): "
+        "faster on GPUs and on CPUs with AVX512-BF16 or AMX",
+    )
 
 
 class Task(Protocol):
@@ -127,6 +132,7 @@ def train(
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device.type if params else "cpu"
     t0 = time.perf_counter()
     bar = tqdm(
         total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True
@@ -140,7 +146,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for batch in batches:
-            loss, metrics = task.loss(model, batch)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, metrics = task.loss(model, batch)
             if not _finite(loss.item()):
                 _halt(f"loss is {loss.item()} at step {step + 1}", last_good)
             (loss / len(batches)).backward()
