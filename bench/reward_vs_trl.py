@@ -4,10 +4,13 @@
     .venv/bin/python bench/reward_vs_trl.py --side prefloop --size tiny   # one side only
 
 Same initial sequence-classifier weights (bench/common.py), same preference pairs, 16 pairs per
-step, max_length 64, float32 on CPU. prefloop: RewardTask (Bradley-Terry) on its training loop.
-TRL runs twice per round, with RewardConfig's defaults (bf16 + gradient checkpointing) and with
-both off; the faster of the two is the comparison. Each side runs in its own process, in the
-order prefloop, TRL plain, TRL defaults, repeated. Step time = wall clock between step ends.
+step, max_length 64, on CPU. prefloop: RewardTask (Bradley-Terry) on its training loop, in
+float32 and with `bf16=True` (autocast; weights and AdamW float32). TRL in its three settings:
+plain (float32), bf16 (autocast, no gradient checkpointing) and RewardConfig's defaults (bf16 +
+gradient checkpointing). Reported: float32 vs float32, bf16 vs TRL's faster bf16 setting, and
+prefloop's faster setting vs TRL's fastest (benchmarking.md: compare against the peer's faster
+setting). Each side runs in its own process, all five alternated per round. Step time = wall
+clock between step ends.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ MAX_LENGTH = 64
 PEER = str(Path(__file__).resolve().parent / "peers" / "trl_reward.py")
 
 
-def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
+def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
     from prefloop.models.reward import load_reward_model
     from prefloop.train.loop import LoopConfig, train
     from prefloop.train.reward import PairRecord, RewardTask, encode_records
@@ -40,13 +43,14 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
     pairs = encode_records(records, tok, MAX_LENGTH)
     task = RewardTask(pairs, batch_size=BATCH, grad_accum=1, seed=common.SEED)
     clock = common.StepClock(warmup)
-    cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0)
+    cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0, bf16=bf16)
     with tempfile.TemporaryDirectory() as run_dir:
         clock.start()
         train(model, common.TimedTask(task, clock), cfg, Path(run_dir), progress=False)
     st = common.stats(clock.steps())
     return {
-        "side": "prefloop",
+        "side": "prefloop-bf16" if bf16 else "prefloop",
+        "bf16": bf16,
         "size": size,
         "params": common.count_params(model),
         "batch_pairs": BATCH,
@@ -59,66 +63,82 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
     }
 
 
-def compare(
-    size: str, repeats: int, steps: int, warmup: int, defaults_rounds: int
-) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"prefloop": [], "trl-plain": [], "trl-defaults": []}
+# TRL's RewardConfig modes: plain (float32), bf16 (autocast, no checkpointing) and its defaults
+# (bf16 + gradient checkpointing). On a CPU with AVX512-BF16 bf16 can be the faster one.
+TRL_MODES = ("plain", "bf16", "defaults")
+
+
+def compare(size: str, repeats: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Rounds of prefloop fp32, prefloop bf16, then TRL's three modes; like-for-like ratios
+    (fp32 vs fp32, bf16 vs TRL's faster bf16 mode) and the headline: prefloop's faster
+    setting vs TRL's fastest."""
+    sides = ["prefloop", "prefloop-bf16", *(f"trl-{m}" for m in TRL_MODES)]
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
     n = ["--steps", str(steps), "--warmup", str(warmup), "--size", size]
-    for i in range(repeats):
+    for _ in range(repeats):
         runs["prefloop"].append(
             common.run_side([sys.executable, __file__, "--side", "prefloop", *n])
         )
-        for mode in ("plain", "defaults"):
-            if mode == "defaults" and i >= defaults_rounds:
-                continue  # bf16 + checkpointing is many times slower on CPU: fewer rounds
-            cmd = [sys.executable, PEER, "--mode", mode, *n]
-            runs[f"trl-{mode}"].append(common.run_side(cmd))
-    plain = common.side_summary(runs["trl-plain"])
-    defaults = common.side_summary(runs["trl-defaults"]) if runs["trl-defaults"] else None
-    slower = defaults is None or plain["step"]["median_s"] <= defaults["step"]["median_s"]
-    faster = "trl-plain" if slower else "trl-defaults"
-    summary = common.pair_summary(runs, "prefloop", faster)
+        runs["prefloop-bf16"].append(
+            common.run_side([sys.executable, __file__, "--side", "prefloop", "--bf16", *n])
+        )
+        for mode in TRL_MODES:
+            runs[f"trl-{mode}"].append(common.run_side([sys.executable, PEER, "--mode", mode, *n]))
+    summary = {k: common.side_summary(v) for k, v in runs.items()}
+
+    def fastest(keys: list[str]) -> str:
+        return min(keys, key=lambda k: summary[k]["step"]["median_s"])
+
+    trl_bf16 = fastest(["trl-bf16", "trl-defaults"])
+    ours, theirs = fastest(["prefloop", "prefloop-bf16"]), fastest([f"trl-{m}" for m in TRL_MODES])
     return {
         "runs": runs,
-        "trl_compared": faster,
-        "trl_plain": plain,
-        "trl_defaults": defaults,
+        "sides": summary,
         "peer": "trl",
-        "peer_version": runs[faster][0]["peer_version"],
-        **summary,
+        "peer_version": runs["trl-plain"][0]["peer_version"],
+        "fp32": common.pair_summary(runs, "prefloop", "trl-plain"),
+        "bf16": {"trl_compared": trl_bf16, **common.pair_summary(runs, "prefloop-bf16", trl_bf16)},
+        "headline": {
+            "prefloop": ours,
+            "trl_compared": theirs,
+            **common.pair_summary(runs, ours, theirs),
+        },
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["prefloop"])
+    ap.add_argument("--bf16", action="store_true", help="with --side: bf16 autocast")
     ap.add_argument("--size", choices=sorted(common.SIZES))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument(
-        "--defaults-rounds", type=int, default=99, help="rounds that also run TRL's defaults"
-    )
     args = ap.parse_args()
     common.apply_threads()
     if args.side:
-        common.emit(run_prefloop(args.size or "tiny", args.steps, args.warmup))
+        common.emit(run_prefloop(args.size or "tiny", args.steps, args.warmup, args.bf16))
         return
     out: dict[str, Any] = {"target": "prefloop >= 2x TRL throughput, no more peak RSS"}
     print(
-        "| size | prefloop step ms (pairs/s) | TRL plain step ms | TRL defaults step ms | "
-        "speedup vs faster TRL | prefloop RSS MB | TRL RSS MB |\n|---|---|---|---|---|---|---|"
+        "| size | prefloop fp32 / bf16 step ms | TRL plain / bf16 / defaults step ms | "
+        "fp32 vs fp32 | bf16 vs TRL's faster bf16 | best vs best | RSS MB prefloop / TRL (best) |"
+        "\n|---|---|---|---|---|---|---|"
     )
     for size in [args.size] if args.size else ["tiny", "20m"]:
-        r = compare(size, args.repeats, args.steps, args.warmup, args.defaults_rounds)
+        r = compare(size, args.repeats, args.steps, args.warmup)
         out[size] = r
-        a, p, d = r["a"], r["trl_plain"], r["trl_defaults"]
-        d_ms = f"{d['step']['median_s'] * 1e3:.1f}" if d else "not run"
+
+        def ms(k: str, r: dict[str, Any] = r) -> str:
+            return f"{r['sides'][k]['step']['median_s'] * 1e3:.1f}"
+
+        h = r["headline"]
         print(
-            f"| {size} | {a['step']['median_s'] * 1e3:.1f} ({BATCH / a['step']['median_s']:.0f}) | "
-            f"{p['step']['median_s'] * 1e3:.1f} | {d_ms} | "
-            f"{r['speedup']:.2f}x vs {r['trl_compared']} | {a['peak_rss_mb']:.0f} | "
-            f"{r['b']['peak_rss_mb']:.0f} |",
+            f"| {size} | {ms('prefloop')} / {ms('prefloop-bf16')} | {ms('trl-plain')} / "
+            f"{ms('trl-bf16')} / {ms('trl-defaults')} | {r['fp32']['speedup']:.2f}x | "
+            f"{r['bf16']['speedup']:.2f}x vs {r['bf16']['trl_compared']} | {h['speedup']:.2f}x "
+            f"({h['prefloop']} vs {h['trl_compared']}) | {h['a']['peak_rss_mb']:.0f} / "
+            f"{h['b']['peak_rss_mb']:.0f} |",
             flush=True,
         )
     print(f"wrote {common.write_json('reward_vs_trl.json', out)}")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/peers/trl_reward.py --size tiny --mode plain
 `--mode defaults` keeps RewardConfig's defaults (bf16 autocast + gradient checkpointing);
-`--mode plain` turns both off (float32). Batch 16 pairs, max_length 64, the pairs and the
+`--mode plain` turns both off (float32); `--mode bf16` keeps bf16 without checkpointing. Batch 16 pairs, max_length 64, the pairs and the
 initial sequence-classifier weights bench/common.py writes. Step time = wall clock between
 consecutive `on_step_end` callbacks; the first `--warmup` steps are excluded.
 """
@@ -34,7 +34,7 @@ MAX_LENGTH = 64
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(common.SIZES), default="tiny")
-    ap.add_argument("--mode", choices=["defaults", "plain"], default="plain")
+    ap.add_argument("--mode", choices=["defaults", "bf16", "plain"], default="plain")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (after warmup)")
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
@@ -47,7 +47,11 @@ def main() -> None:
     total = args.warmup + args.steps
     rows = common.json.loads(setup.pairs.read_text())[: BATCH * total]
     data = Dataset.from_list(rows)
-    extra = {} if args.mode == "defaults" else {"bf16": False, "gradient_checkpointing": False}
+    extra = {
+        "defaults": {},
+        "bf16": {"bf16": True, "gradient_checkpointing": False},
+        "plain": {"bf16": False, "gradient_checkpointing": False},
+    }[args.mode]
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(
             output_dir=out,
