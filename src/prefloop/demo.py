@@ -33,7 +33,7 @@ class DemoConfig:
         5000, "simulated comparisons collected for the reward model (<= 5,000)"
     )
     agreement: float = option(0.75, "simulated annotators' agreement with the noise-free gold")
-    pretrain_steps: int = option(500, "pretraining optimizer steps")
+    pretrain_steps: int = option(1000, "pretraining optimizer steps")
     sft_steps: int = option(200, "SFT optimizer steps")
     ppo_rollouts: int = option(36, "PPO iterations (rollout + 4 epochs of learning)")
     kl_coef: float = option(0.1, "PPO's KL penalty β (0 shows over-optimization)")
