@@ -44,3 +44,23 @@ def test_demo_runs_every_stage_and_writes_metrics(tmp_path):
     assert (report.parent / "report.md").exists()
     for stage in ("[1/8] pretrain", "[5/8] reward model", "[6/8] ppo", "[8/8] report"):
         assert stage in p.stdout
+
+
+def test_demo_with_a_given_model_skips_pretraining_and_fine_tunes_it(
+    make_model, tokenizer, tmp_path, capsys
+):
+    """`prefloop demo --model FOLDER` (a hub id works the same way): no pretraining stage; SFT
+    starts from the given weights and tokenizer, and the SFT version records it as its parent."""
+    from prefloop.demo import DemoConfig, run_demo
+    from prefloop.models.lm import save_pretrained
+    from prefloop.workspace import Workspace
+
+    given = tmp_path / "given-qwen2"
+    save_pretrained(make_model("qwen2"), tokenizer, given)
+    ws = Workspace.init(tmp_path / "ws")
+    out = run_demo(ws, DemoConfig(model=str(given), until="sft", sft_steps=3))
+    printed = capsys.readouterr().out
+    assert "pretrain" not in printed and "[1/1] sft" in printed
+    sft = ws.get(out["sft_version"])
+    assert sft.meta["parent"] == str(given)
+    assert [v for v in ws.versions() if v.meta["stage"] == "pretrain"] == []
