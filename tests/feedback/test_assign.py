@@ -26,12 +26,9 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[PreferenceStore]
 
 
 def take(store: PreferenceStore, who: int, **kw: object) -> int | None:
-    """next_comparison + lease, as the app does."""
+    """Pick + lease in one write transaction, as the app does."""
     with write_cursor(store.engine) as cur:
-        cid = assign.next_comparison(cur, who, **kw)  # type: ignore[arg-type]
-        if cid is not None:
-            assign.lease(cur, cid, who, 60)
-    return cid
+        return assign.take(cur, who, 60, **kw)  # type: ignore[arg-type]
 
 
 def test_overlap_leases_and_nobody_twice(store: PreferenceStore) -> None:
@@ -82,7 +79,9 @@ def test_set_overlap(store: PreferenceStore) -> None:
     store.add_labels(a, [LabelIn(ids[0], "a")])
     assert take(store, b) == ids[1]
     assert assign.set_overlap(store.engine, 2) == 2  # the gold comparison is left alone
-    assert take(store, b) == ids[0]  # ids[0] is open again: it wants a second label
+    assert take(store, b) == ids[1]  # b still holds ids[1]: a reload shows the same task
+    c = accounts.add_user(store.engine, "c").id
+    assert take(store, c) == ids[0]  # ids[0] is open again: it wants a second label
 
 
 def test_open_queue_uses_the_partial_index(tmp_path) -> None:
@@ -94,3 +93,30 @@ def test_open_queue_uses_the_partial_index(tmp_path) -> None:
         )
     assert "ix_comparisons_open" in plan
     store.close()
+
+
+def test_own_lease_comes_back_first(store: PreferenceStore) -> None:
+    ids = seed(store, 2, required=1)
+    a, b = (accounts.add_user(store.engine, n).id for n in ("a", "b"))
+    assert take(store, a) == ids[0]
+    assert take(store, b) == ids[1]
+    with write_cursor(store.engine) as cur:  # a's lease on ids[0] ends (as when a skips it)
+        assign.release(cur, ids[0], a)
+    assert take(store, b) == ids[1]  # b keeps its task rather than also taking ids[0]
+    assert take(store, a) == ids[0]
+
+
+@pytest.mark.postgres
+def test_concurrent_takes_lock_different_rows(fresh_pg_url) -> None:
+    """Two fetches in flight at once (PostgreSQL): the second skips the row the first picked
+    and has not committed yet, so with k = 1 each gets its own comparison."""
+    st = PreferenceStore(fresh_pg_url("locks"))
+    try:
+        ids = seed(st, 2, required=1)
+        a, b, c = (accounts.add_user(st.engine, n).id for n in ("a", "b", "c"))
+        with write_cursor(st.engine) as first:
+            assert assign.take(first, a, 60) == ids[0]  # row locked until this commits
+            assert take(st, b) == ids[1]
+        assert take(st, c) is None  # both leased: nothing left for a third person
+    finally:
+        st.close()

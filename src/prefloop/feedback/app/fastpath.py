@@ -19,9 +19,16 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from prefloop.errors import PrefloopError
+
+
+class Contended(PrefloopError):
+    """The database is fine but too many concurrent requests raced for the same rows (a task
+    fetch whose every pick was leased away meanwhile): retry."""
+
 
 def _unavailable_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [OperationalError, sqlite3.OperationalError]
+    errors: list[type[Exception]] = [OperationalError, sqlite3.OperationalError, Contended]
     try:
         import psycopg
 
@@ -31,7 +38,7 @@ def _unavailable_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-# "the database is locked, unreachable or aborted us: retry" -- from SQLAlchemy or, on the raw
+# "the database is locked, unreachable, aborted us or was raced: retry" -- from SQLAlchemy or, on the raw
 # DBAPI cursors here, from the driver itself. The app answers these with 503 + Retry-After.
 UNAVAILABLE = _unavailable_errors()
 SQLITE_WRITE_LOCK = threading.Lock()  # one SQLite writer per process (see write_cursor)

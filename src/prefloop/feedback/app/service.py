@@ -51,11 +51,8 @@ def next_task(
 def _next_in(
     cur: Cursor, user: Principal, settings: AppSettings, rng: random.Random
 ) -> schemas.Task | None:
-    cid = assign.next_comparison(cur, user.id, gold_rate=settings.gold_rate, rng=rng)
-    if cid is None:
-        return None
-    assign.lease(cur, cid, user.id, settings.lease_s)
-    return _view(cur, cid, rng)
+    cid = assign.take(cur, user.id, settings.lease_s, gold_rate=settings.gold_rate, rng=rng)
+    return None if cid is None else _view(cur, cid, rng)
 
 
 _VIEW = """
