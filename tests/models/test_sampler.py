@@ -47,6 +47,28 @@ def test_logprobs_equal_forward_pass_with_left_padding(
     )
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_rows_that_finish_early_leave_the_batch_without_disturbing_the_others(
+    make_model, tokenizer, family
+):
+    """Rows ending at different steps are dropped from the batch and its KV cache: every other
+    row must still continue its own prompt (log-probs = a forward pass over its tokens)."""
+    model = make_model(family)
+    with torch.no_grad():  # make EOS likely enough that rows end at many different steps
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 12.0
+    gen = Sampler(model, tokenizer).generate(
+        PROMPTS * 4, SamplingParams(max_new_tokens=24, n=2, seed=11)
+    )
+    ended = [len(r) for r, done in zip(gen.response_ids, gen.finished, strict=True) if done]
+    assert len(set(ended)) >= 3 and 0 < len(ended) < len(gen.response_ids), ended
+    query, qmask = left_pad(gen.prompt_ids, tokenizer.pad_token_id)
+    response, rmask = right_pad(gen.response_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        recomputed, _ = sequence_logprobs(model, query, qmask, response, rmask, 1.0)
+    for i, lps in enumerate(gen.logprobs):
+        assert torch.allclose(recomputed[i, : len(lps)], torch.tensor(lps), atol=1e-5), i
+
+
 def test_same_seed_same_samples_and_eos_stops(make_model, tokenizer):
     model = make_model("gpt2")
     s = Sampler(model, tokenizer)
