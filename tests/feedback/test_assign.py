@@ -120,3 +120,27 @@ def test_concurrent_takes_lock_different_rows(fresh_pg_url) -> None:
         assert take(st, c) is None  # both leased: nothing left for a third person
     finally:
         st.close()
+
+
+@pytest.mark.postgres
+def test_a_fetch_waits_for_a_locked_row_that_may_have_room(fresh_pg_url) -> None:
+    """k = 2 and one comparison, locked by a fetch in flight: a second fetch finds nothing
+    unlocked, so it waits for that row and then takes the place still free (PostgreSQL)."""
+    import threading
+
+    st = PreferenceStore(fresh_pg_url("wait"))
+    try:
+        ids = seed(st, 1, required=2)
+        a, b, c = (accounts.add_user(st.engine, n).id for n in ("a", "b", "c"))
+        got: list[int | None] = []
+        with write_cursor(st.engine) as first:
+            assert assign.take(first, a, 60) == ids[0]
+            second = threading.Thread(target=lambda: got.append(take(st, b)))
+            second.start()
+            second.join(timeout=0.5)
+            assert second.is_alive(), "the second fetch should wait for the first one's lock"
+        second.join(timeout=10)
+        assert got == [ids[0]]
+        assert take(st, c) is None  # now both places are taken
+    finally:
+        st.close()

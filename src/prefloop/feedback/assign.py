@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 from sqlalchemy import Engine, update
 
@@ -57,7 +58,11 @@ ORDER BY x.comparison_id LIMIT 1
 PICK_QUERY = "SELECT coalesce(({own}), ({walk}))".format(
     own=_OWN.strip(), walk=OPEN_QUERY.strip().replace("LIMIT 1", "LIMIT 1 {lock}")
 )
-PG_LOCK = "FOR NO KEY UPDATE OF c SKIP LOCKED"  # NO KEY: label inserts' FK checks don't wait
+PG_LOCK = "FOR NO KEY UPDATE OF c"  # NO KEY: label inserts' FK checks don't wait
+# SKIP LOCKED first: concurrent fetchers spread over different rows. When that finds nothing,
+# the only rows left may be ones other fetches are deciding on, which may still have room
+# (k > 1): walk again waiting for their locks, then LEASE_IF_ROOM looks afresh.
+PG_LOCKS = (PG_LOCK + " SKIP LOCKED", PG_LOCK)
 GOLD_QUERY = f"SELECT c.id FROM comparisons c WHERE c.is_gold {_NOT_MINE} ORDER BY c.id LIMIT 1"
 LEASE = """
 INSERT INTO app_leases (comparison_id, annotator_id, expires_at) VALUES (?, ?, ?)
@@ -106,10 +111,21 @@ def _pick(
         if gold:
             row = cur.execute(GOLD_QUERY, (annotator_id, annotator_id)).one()
         else:
-            row = cur.execute(_pick_sql(cur), _pick_params(annotator_id, now)).one()
+            row = _walk(cur, annotator_id, now)
         if row is not None and row[0] is not None:
             return int(row[0]), gold
     return None, False
+
+
+def _walk(cur: Cursor, annotator_id: int, now: float) -> Any:
+    """The PICK_QUERY row (None or (None,): nothing for this annotator)."""
+    params = _pick_params(annotator_id, now)
+    row = None
+    for lock in ("",) if cur.dialect == "sqlite" else PG_LOCKS:
+        row = cur.execute(PICK_QUERY.format(lock=lock), params).one()
+        if row is not None and row[0] is not None:
+            break
+    return row
 
 
 def take(
@@ -136,10 +152,6 @@ def take(
             return cid
         gold_rate = 0.0  # lost the row to a fetch that committed meanwhile: walk again
     raise Contended("too many simultaneous task fetches, retry")
-
-
-def _pick_sql(cur: Cursor) -> str:
-    return PICK_QUERY.format(lock="" if cur.dialect == "sqlite" else PG_LOCK)
 
 
 def _pick_params(annotator_id: int, now: float) -> tuple[object, ...]:
