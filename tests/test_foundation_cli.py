@@ -121,3 +121,15 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
     line = one_line_error(run("pretrain", "--workspace", str(tmp_path), "--resume"))
     assert "no unfinished 'pretrain' run" in line
+
+
+def test_top_level_help_and_light_commands_do_not_import_torch():
+    """`prefloop --help`, `prefloop users ...` and the like start in well under a second: the
+    parser is built without importing torch/transformers (training flags are added only when
+    that subcommand runs)."""
+    code = (
+        "import sys; from prefloop.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
-from prefloop.eval.evaluate import EvalConfig, evaluate
 
 
 def _fmt(v: Any) -> str:
@@ -16,6 +15,8 @@ def _fmt(v: Any) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from prefloop.eval.evaluate import EvalConfig, evaluate
+
     quiet_transformers()
     ws, cfg = workspace_and_config(args, EvalConfig)
     result = evaluate(ws, args.a, args.b, cfg)
@@ -48,7 +49,7 @@ def register(sub: Any) -> None:
         "eval",
         "compare policy A with policy B on held-out prompts (win-rate, KL, scores)",
         _eval,
-        EvalConfig,
+        "prefloop.eval.evaluate:EvalConfig",
     )
     p.add_argument("a", help="model A (version, latest:<stage>, production, folder)")
     p.add_argument("b", help="model B, the baseline (e.g. latest:sft)")

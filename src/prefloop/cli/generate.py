@@ -11,7 +11,7 @@ from typing import Any
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
 from prefloop.config import option
 from prefloop.errors import PrefloopError
-from prefloop.models.sampler import SamplingParams
+from prefloop.models.sampling_params import SamplingParams
 
 
 @dataclass

@@ -6,10 +6,11 @@ import argparse
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
-from prefloop.train.ppo import PpoConfig, run_ppo
 
 
 def _ppo(args: argparse.Namespace) -> int:
+    from prefloop.train.ppo import PpoConfig, run_ppo
+
     quiet_transformers()
     ws, cfg = workspace_and_config(args, PpoConfig)
     version = run_ppo(ws, cfg)
@@ -27,5 +28,5 @@ def register(sub: Any) -> None:
         "ppo",
         "train the policy with PPO against a reward model, function or server",
         _ppo,
-        PpoConfig,
+        "prefloop.train.ppo:PpoConfig",
     )

@@ -6,11 +6,11 @@ import argparse
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
-from prefloop.train.pretrain import PretrainConfig, pretrain
-from prefloop.train.sft import SFTConfig, sft
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from prefloop.train.pretrain import PretrainConfig, pretrain
+
     quiet_transformers()
     ws, cfg = workspace_and_config(args, PretrainConfig)
     version, _ = pretrain(ws, cfg)
@@ -28,6 +28,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from prefloop.train.sft import SFTConfig, sft
+
     quiet_transformers()
     ws, cfg = workspace_and_config(args, SFTConfig)
     version, _ = sft(ws, cfg)
@@ -46,8 +48,12 @@ def register(sub: Any) -> None:
         "pretrain",
         "train a causal LM on a text corpus (default: the embedded reviews)",
         _pretrain,
-        PretrainConfig,
+        "prefloop.train.pretrain:PretrainConfig",
     )
     add_command(
-        sub, "sft", "supervised fine-tuning on prompt/response or messages data", _sft, SFTConfig
+        sub,
+        "sft",
+        "supervised fine-tuning on prompt/response or messages data",
+        _sft,
+        "prefloop.train.sft:SFTConfig",
     )

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
-from prefloop.train.reward import RewardConfig, train_reward
 
 
 def _fmt(value: Any) -> str:
@@ -17,6 +16,8 @@ def _fmt(value: Any) -> str:
 
 
 def _reward(args: argparse.Namespace) -> int:
+    from prefloop.train.reward import RewardConfig, train_reward
+
     quiet_transformers()
     ws, cfg = workspace_and_config(args, RewardConfig)
     version, m = train_reward(ws, cfg)
@@ -45,5 +46,5 @@ def register(sub: Any) -> None:
         "reward",
         "train a reward model (Bradley-Terry) on labelled comparisons from the preference store",
         _reward,
-        RewardConfig,
+        "prefloop.train.reward:RewardConfig",
     )
