@@ -125,3 +125,32 @@ def test_reward_model_with_another_tokenizer(workspace: Workspace, texts, tmp_pa
     assert v.meta["value_init"] == "policy"
     assert v.meta["reward_versions"] == [rm.name]
     assert "score" in v.meta["metrics"]
+
+
+def test_lora_policy_uses_the_base_with_adapters_off_as_reference(
+    workspace: Workspace, tokenizer
+) -> None:
+    """With --lora-r the reference is the policy's own base (adapters disabled): it gives the SFT
+    model's logits, and only adapter weights train, so the base (the reference) cannot drift; the
+    saved version is a plain, merged HF model that differs from the SFT weights."""
+    from prefloop.models.lm import load_model
+    from prefloop.models.sampler import response_logits
+    from prefloop.train.ppo import with_lora
+
+    sft = load_model(str(workspace.get("sft-v1").path))
+    policy, ref = with_lora(
+        load_model(str(workspace.get("sft-v1").path)), cfg_for(workspace, lora_r=4)
+    )
+    ids = torch.tensor([tokenizer("the movie was good and fun")["input_ids"]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = response_logits(sft, ids, mask, 4)
+    assert torch.allclose(response_logits(ref, ids, mask, 4), expected, atol=1e-6)
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+    v = run_ppo(workspace, cfg_for(workspace, rollouts=2, lora_r=4, lr=1e-2), progress=False)
+    merged = load_model(str(v.path))  # plain AutoModelForCausalLM: no adapter files needed
+    assert {k for k in weights(v)} == {k for k in weights(workspace.get("sft-v1"))}
+    with torch.no_grad():
+        assert not torch.allclose(response_logits(merged, ids, mask, 4), expected, atol=1e-4)

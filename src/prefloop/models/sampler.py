@@ -148,7 +148,7 @@ def sample_tokens(
 
 
 def sequence_logits(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     keep: int | torch.Tensor = 0,
@@ -172,7 +172,7 @@ def response_positions(total_len: int, response_len: int) -> torch.Tensor:
 
 
 def response_logits(
-    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, response_len: int
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, response_len: int
 ) -> torch.Tensor:
     """Logits (B, R, V) predicting the last `response_len` tokens of `ids` (prompt + response)."""
     return sequence_logits(model, ids, mask, response_positions(ids.shape[1], response_len))

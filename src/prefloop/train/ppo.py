@@ -47,6 +47,15 @@ class PpoConfig:
         "with a scalar head), 'shared' (a head on the policy's backbone), 'auto' (reward if the "
         "reward source is a model with the policy's tokenizer, else policy)",
     )
+    lora_r: int = option(
+        0,
+        "LoRA rank of the policy's adapters (0 = train every weight); with LoRA the reference "
+        "is the same model with its adapters disabled, not a second copy",
+    )
+    lora_alpha: int = option(16, "LoRA scaling alpha")
+    lora_targets: list[str] = option(  # noqa: RUF009
+        [], "module names to adapt (default: peft's choice for the architecture)"
+    )
     prompts: str = option(
         "",
         "prompt file (.txt one per line, or .jsonl with 'prompt'); "
@@ -110,6 +119,8 @@ class PpoConfig:
             "grad_accum",
             "kl_horizon",
         )
+        if self.lora_r < 0:
+            raise ValueError("lora_r must be >= 0")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -325,6 +336,34 @@ def dropout_off(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+class AdaptersDisabled(torch.nn.Module):
+    """The LoRA policy with its adapters switched off: the frozen base, i.e. the reference
+    policy, without a second copy of the weights in memory."""
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, **kwargs: Any) -> Any:
+        with torch.no_grad(), self.policy.disable_adapter():
+            return self.policy(**kwargs)
+
+
+def with_lora(policy: Any, cfg: PpoConfig) -> tuple[Any, torch.nn.Module]:
+    """(policy with trainable LoRA adapters on a frozen base, the reference = adapters off)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,  # dropout off, as everywhere in PPO
+        target_modules=cfg.lora_targets or None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(policy, lora)
+    return model, AdaptersDisabled(model)
+
+
 def frozen(model: torch.nn.Module) -> torch.nn.Module:
     dropout_off(model)
     for p in model.parameters():
@@ -389,13 +428,16 @@ def run_ppo(ws: Any, cfg: PpoConfig, *, progress: bool = True) -> Any:
 
     policy_path = ws.resolve(cfg.policy)
     policy, tokenizer = load_model_and_tokenizer(policy_path)
-    ref, _ = load_model_and_tokenizer(policy_path)
     dropout_off(policy)
+    if cfg.lora_r:
+        policy, ref = with_lora(policy, cfg)
+    else:
+        ref = frozen(load_model_and_tokenizer(policy_path)[0])
     reward = build_reward(cfg.reward, ws)
     gold = build_reward([cfg.gold], ws) if cfg.gold else None
     value, value_source = build_value_model(cfg, policy_path, tokenizer, reward)
     nets = PolicyAndValue(policy, value)
-    task = PpoTask(nets, frozen(ref), tokenizer, reward, load_prompts(cfg), cfg, gold)
+    task = PpoTask(nets, ref, tokenizer, reward, load_prompts(cfg), cfg, gold)
     run_dir = ws.run_dir("ppo", cfg.resume)
     (run_dir / "ppo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     result = train(
@@ -407,6 +449,8 @@ def run_ppo(ws: Any, cfg: PpoConfig, *, progress: bool = True) -> Any:
         "seconds": result.seconds,
         "step_seconds": result.seconds / max(1, len(result.history)),
     }
+    if cfg.lora_r:  # saved as a plain HF model: the adapters merged into the base weights
+        policy = policy.merge_and_unload()  # type: ignore[operator]
     version = ws.save_model(
         policy,
         tokenizer,

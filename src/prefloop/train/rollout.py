@@ -137,7 +137,7 @@ def _drop_nonfinite(scores: Tensor, cfg: PpoConfig, dropped_so_far: int) -> Tens
 @torch.no_grad()
 def make_experience(
     nets: PolicyAndValue,
-    ref: PreTrainedModel,
+    ref: nn.Module,  # the reference policy (or the LoRA policy with adapters off)
     tokenizer: Any,
     reward: RewardSource,
     prompts: Sequence[str],
