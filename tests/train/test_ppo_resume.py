@@ -64,10 +64,11 @@ def test_run_ppo_registers_version_with_history(workspace: Workspace) -> None:
     assert len(json.loads((run / "samples.json").read_text())) == 2  # first and last rollout
 
 
+@pytest.mark.parametrize("lora_r", [0, 4])  # full fine-tuning, and LoRA adapters
 def test_resume_after_crash_matches_uninterrupted(
-    workspace: Workspace, tmp_path: Path, make_model, tokenizer, monkeypatch
+    workspace: Workspace, tmp_path: Path, make_model, tokenizer, monkeypatch, lora_r: int
 ) -> None:
-    full = run_ppo(workspace, cfg_for(workspace), progress=False)
+    full = run_ppo(workspace, cfg_for(workspace, lora_r=lora_r), progress=False)
 
     real = ppo_module.make_experience
     calls = {"n": 0}
@@ -80,9 +81,9 @@ def test_resume_after_crash_matches_uninterrupted(
 
     monkeypatch.setattr(ppo_module, "make_experience", crash_on_third_rollout)
     with pytest.raises(KeyboardInterrupt):
-        run_ppo(workspace, cfg_for(workspace), progress=False)
+        run_ppo(workspace, cfg_for(workspace, lora_r=lora_r), progress=False)
     monkeypatch.setattr(ppo_module, "make_experience", real)
-    resumed = run_ppo(workspace, cfg_for(workspace, resume=True), progress=False)
+    resumed = run_ppo(workspace, cfg_for(workspace, resume=True, lora_r=lora_r), progress=False)
 
     a, b = weights(full), weights(resumed)
     assert a.keys() == b.keys()

@@ -360,7 +360,9 @@ def with_lora(policy: Any, cfg: PpoConfig) -> tuple[Any, torch.nn.Module]:
         target_modules=cfg.lora_targets or None,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(policy, lora)
+    with torch.random.fork_rng():  # the adapters' random init is a function of the seed
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(policy, lora)
     return model, AdaptersDisabled(model)
 
 
