@@ -75,16 +75,8 @@ def sample_model(
 
     model, tok = load_model_and_tokenizer(path)
     sampler, params = Sampler(model, tok), _params(cfg)
-    rows = sampler.encode(prompts, params)
-    responses: list[list[int]] = []
-    logprobs: list[list[float]] = []
-    finished: list[bool] = []
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for i in range(0, len(rows), params.batch_size):
-        r, lp, f, _ = sampler.generate_ids(rows[i : i + params.batch_size], params, gen)
-        responses += r
-        logprobs += lp
-        finished += f
+    generation = sampler.generate(prompts, params)
+    rows, responses, logprobs = generation.prompt_ids, generation.response_ids, generation.logprobs
     kl: list[float] | None = None
     if ref is not None and ref[1].get_vocab() == tok.get_vocab():
         kl = []
@@ -94,10 +86,11 @@ def sample_model(
             ref_lp, _ = sequence_logprobs(ref[0], q, qm, a, am, cfg.temperature)
             for j, row_lp in enumerate(logprobs[i : i + params.batch_size]):
                 kl.append(float(sum(row_lp) - ref_lp[j, : len(row_lp)].sum()))
-    texts = tok.batch_decode(responses, skip_special_tokens=True)
     del model
     gc.collect()
-    return ModelSamples(name, texts, finished, [len(r) for r in responses], kl)
+    return ModelSamples(
+        name, generation.texts, generation.finished, [len(r) for r in responses], kl
+    )
 
 
 def _mean(values: list[float] | torch.Tensor | None) -> float | None:
