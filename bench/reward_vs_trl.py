@@ -31,9 +31,9 @@ PEER = str(Path(__file__).resolve().parent / "peers" / "trl_reward.py")
 
 
 def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
-    from prefloop.models.reward import load_reward_model
+    from prefloop.models.reward import can_pack, load_reward_model
     from prefloop.train.loop import LoopConfig, train
-    from prefloop.train.reward import PairRecord, RewardTask, encode_records
+    from prefloop.train.reward import PairRecord, RewardConfig, RewardTask, encode_records
 
     setup = common.prepare(size)
     model, tok = load_reward_model(str(setup.reward))
@@ -41,7 +41,10 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     rows = common.json.loads(setup.pairs.read_text())[: BATCH * total]
     records = [PairRecord(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     pairs = encode_records(records, tok, MAX_LENGTH)
-    task = RewardTask(pairs, batch_size=BATCH, grad_accum=1, seed=common.SEED)
+    pack = RewardConfig().pack_width if can_pack(model) else 0  # the default: packed rows
+    task = RewardTask(
+        pairs, BATCH, grad_accum=1, seed=common.SEED, pack_width=pack, pad_id=tok.pad_token_id
+    )
     clock = common.StepClock(warmup)
     cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0, bf16=bf16)
     with tempfile.TemporaryDirectory() as run_dir:

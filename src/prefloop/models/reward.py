@@ -94,6 +94,72 @@ def reward_forward(
     return head(last).squeeze(-1).float()  # (B,)
 
 
+# ---- packing (padding-free training) ------------------------------------------------------
+# Model families whose attention mask follows packed position ids (transformers >= 5 builds a
+# block-diagonal causal mask when `position_ids` restart at 0 and no mask is given). Tested in
+# tests/models/test_reward.py; other families take the padded path.
+PACKABLE_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2"})
+
+
+def can_pack(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES and getattr(
+        config, "_attn_implementation", None
+    ) in ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class PackedRows:
+    """Variable-length rows laid end to end in a few lines of `width` tokens, no padding between
+    them: the model spends no arithmetic on padding. Shapes: N lines, W width, R rows."""
+
+    input_ids: torch.Tensor  # (N, W)
+    position_ids: torch.Tensor  # (N, W): 0.. within each row, so each row attends only to itself
+    last: torch.Tensor  # (R,) flat index (line * W + column) of each row's last token
+
+
+def pack_rows(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int) -> PackedRows:
+    """Pack the first `lengths[i]` ids of each of `rows` (R, T) into lines of `width` tokens,
+    first-fit by decreasing length. Leftover slots hold `pad_id` at position 0 (each one a
+    sequence of its own, so it affects no row)."""
+    n_rows = int(lengths.shape[0])
+    width = max(width, int(lengths.max()))
+    room: list[int] = []
+    line = torch.empty(n_rows, dtype=torch.long)
+    column = torch.empty(n_rows, dtype=torch.long)
+    for i in lengths.argsort(descending=True, stable=True).tolist():
+        n = int(lengths[i])
+        b = next((b for b, r in enumerate(room) if r >= n), len(room))
+        if b == len(room):
+            room.append(width)
+        line[i], column[i] = b, width - room[b]
+        room[b] -= n
+    width = width - min(room)  # trim columns no line uses
+    row_of = torch.repeat_interleave(torch.arange(n_rows), lengths)  # (S,) S = real tokens
+    within = torch.arange(row_of.shape[0]) - torch.repeat_interleave(
+        lengths.cumsum(0) - lengths, lengths
+    )  # (S,) position of each token in its row
+    dest = (line * width + column)[row_of] + within  # (S,)
+    ids = torch.full((len(room) * width,), pad_id, dtype=torch.long)
+    pos = torch.zeros(len(room) * width, dtype=torch.long)
+    ids[dest] = rows[row_of, within]
+    pos[dest] = within
+    last = line * width + column + lengths - 1
+    return PackedRows(ids.view(len(room), width), pos.view(len(room), width), last)
+
+
+def packed_reward_forward(model: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
+    """Raw scores of packed rows, with gradients: equal to `reward_forward` on the same rows
+    padded (up to float rounding), for the families in PACKABLE_MODEL_TYPES.  -> (R,)"""
+    check_reward_model(model)
+    hidden = model.base_model(
+        input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False
+    ).last_hidden_state  # (N, W, C)
+    last = hidden.flatten(0, 1)[packed.last]  # (R, C)
+    head: nn.Linear = model.score  # type: ignore[assignment]
+    return head(last).squeeze(-1).float()  # (R,)
+
+
 # ---- tokenization -----------------------------------------------------------------------
 def prompt_token_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> list[int]:
     """The prompt's ids exactly as SFT and the sampler format them (`encode_prompt`): plain text

@@ -29,8 +29,11 @@ from prefloop.errors import PrefloopError
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
+    can_pack,
     encode_pairs,
     max_positions,
+    pack_rows,
+    packed_reward_forward,
     pad_batch,
     reward_forward,
     set_normalization,
@@ -76,6 +79,11 @@ class RewardConfig(LoopConfig):
     )
     ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
     group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
+    pack_width: int = option(
+        64,
+        "pack rows end to end in lines of this many tokens, no padding (0 = padded rows; "
+        "GPT-2, Llama and Qwen2 families only, others are padded)",
+    )
     max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
     lr: float = option(5e-4, "peak learning rate")
     warmup_steps: int = option(10, "linear warmup steps")
@@ -112,6 +120,8 @@ def _check_config(cfg: RewardConfig) -> None:
     for name in ("batch_size", "ensemble"):
         if getattr(cfg, name) < 1:
             raise PrefloopError(f"{name} must be >= 1", field=name)
+    if cfg.pack_width < 0:
+        raise PrefloopError("pack_width must be >= 0", field="pack_width")
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise PrefloopError("set epochs > 0 or max_steps > 0", field="epochs")
 
@@ -187,17 +197,21 @@ def encode_records(
     return EncodedPairs(rows.long(), mask.sum(1), tie, torch.where(tie, 0.0, margin * strength))
 
 
-def collate_pairs(pairs: EncodedPairs, index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The pairs at `index` as 2B right-padded rows (chosen first, then rejected)."""
+def collate_pairs(
+    pairs: EncodedPairs, index: torch.Tensor, pack_width: int = 0, pad_id: int = 0
+) -> dict[str, Any]:
+    """The pairs at `index` as 2B rows (chosen first, then rejected): right-padded to the
+    longest, or with `pack_width` > 0 packed into lines of that many tokens (`packed`)."""
     rows = torch.cat([index, index + len(pairs)])  # (2B,)
     lengths = pairs.lengths[rows]
     width = int(lengths.max())
-    return {
-        "input_ids": pairs.rows[rows, :width],  # (2B, T)
-        "attention_mask": (torch.arange(width) < lengths[:, None]).long(),  # (2B, T)
-        "tie": pairs.tie[index],  # (B,)
-        "margin": pairs.margin[index],  # (B,)
-    }
+    batch: dict[str, Any] = {"tie": pairs.tie[index], "margin": pairs.margin[index]}  # (B,)
+    if pack_width:
+        batch["packed"] = pack_rows(pairs.rows[rows, :width], lengths, pack_width, pad_id)
+    else:
+        batch["input_ids"] = pairs.rows[rows, :width]  # (2B, T)
+        batch["attention_mask"] = (torch.arange(width) < lengths[:, None]).long()  # (2B, T)
+    return batch
 
 
 # ---- the task -----------------------------------------------------------------------------
@@ -206,6 +220,8 @@ class RewardTask:
     """Shuffled epochs over training pairs; the Bradley-Terry loss on each micro-batch.
 
     Batch `step` is a deterministic function of (seed, step), so a resumed run sees the same data.
+    With `pack_width` > 0 the rows of a micro-batch are packed without padding (the model must
+    be one `can_pack` accepts); the loss is the same up to float rounding.
     """
 
     pairs: EncodedPairs
@@ -214,6 +230,8 @@ class RewardTask:
     seed: int = 0
     center_coef: float = 0.0
     group_by_length: bool = True
+    pack_width: int = 0
+    pad_id: int = 0
 
     GROUP = 32  # batches per length-sorting window
 
@@ -247,18 +265,26 @@ class RewardTask:
             out.append(self._order[1][pos])
         return torch.stack(out)
 
-    def microbatches(self, step: int) -> list[dict[str, torch.Tensor]]:
+    def microbatches(self, step: int) -> list[dict[str, Any]]:
         start = step * self.batch_size * self.grad_accum
         return [
-            collate_pairs(self.pairs, self._indices(start + m * self.batch_size, self.batch_size))
+            collate_pairs(
+                self.pairs,
+                self._indices(start + m * self.batch_size, self.batch_size),
+                self.pack_width,
+                self.pad_id,
+            )
             for m in range(self.grad_accum)
         ]
 
     def loss(
-        self, model: nn.Module, batch: dict[str, torch.Tensor]
+        self, model: nn.Module, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        r = reward_forward(model, ids, mask, right_padded=True)  # type: ignore[arg-type]  # (2B,)
+        if "packed" in batch:
+            r = packed_reward_forward(model, batch["packed"])  # type: ignore[arg-type]  # (2B,)
+        else:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            r = reward_forward(model, ids, mask, right_padded=True)  # type: ignore[arg-type]
         b = batch["tie"].shape[0]
         r_chosen, r_rejected = r[:b], r[b:]  # (B,), (B,)
         tie = batch["tie"]
@@ -330,7 +356,7 @@ def train_reward_model(
             pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
         task = RewardTask(
             pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef,
-            cfg.group_by_length,
+            cfg.group_by_length, cfg.pack_width if can_pack(model) else 0, pad_id,
         )  # fmt: skip
         loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
         member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
