@@ -71,42 +71,53 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
 TRL_MODES = ("plain", "bf16", "defaults")
 
 
-def compare(size: str, repeats: int, steps: int, warmup: int) -> dict[str, Any]:
+def compare(size: str, repeats: int, steps: int, warmup: int, bf16: bool = True) -> dict[str, Any]:
     """Rounds of prefloop fp32, prefloop bf16, then TRL's three modes; like-for-like ratios
     (fp32 vs fp32, bf16 vs TRL's faster bf16 mode) and the headline: prefloop's faster
     setting vs TRL's fastest."""
-    sides = ["prefloop", "prefloop-bf16", *(f"trl-{m}" for m in TRL_MODES)]
+    modes = TRL_MODES if bf16 else ("plain",)
+    sides = ["prefloop", *(["prefloop-bf16"] if bf16 else []), *(f"trl-{m}" for m in modes)]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
     n = ["--steps", str(steps), "--warmup", str(warmup), "--size", size]
     for _ in range(repeats):
         runs["prefloop"].append(
             common.run_side([sys.executable, __file__, "--side", "prefloop", *n])
         )
-        runs["prefloop-bf16"].append(
-            common.run_side([sys.executable, __file__, "--side", "prefloop", "--bf16", *n])
-        )
-        for mode in TRL_MODES:
+        if bf16:
+            runs["prefloop-bf16"].append(
+                common.run_side([sys.executable, __file__, "--side", "prefloop", "--bf16", *n])
+            )
+        for mode in modes:
             runs[f"trl-{mode}"].append(common.run_side([sys.executable, PEER, "--mode", mode, *n]))
     summary = {k: common.side_summary(v) for k, v in runs.items()}
 
     def fastest(keys: list[str]) -> str:
         return min(keys, key=lambda k: summary[k]["step"]["median_s"])
 
-    trl_bf16 = fastest(["trl-bf16", "trl-defaults"])
-    ours, theirs = fastest(["prefloop", "prefloop-bf16"]), fastest([f"trl-{m}" for m in TRL_MODES])
-    return {
+    ours = fastest([k for k in sides if k.startswith("prefloop")])
+    theirs = fastest([k for k in sides if k.startswith("trl")])
+    out: dict[str, Any] = {
         "runs": runs,
         "sides": summary,
         "peer": "trl",
         "peer_version": runs["trl-plain"][0]["peer_version"],
         "fp32": common.pair_summary(runs, "prefloop", "trl-plain"),
-        "bf16": {"trl_compared": trl_bf16, **common.pair_summary(runs, "prefloop-bf16", trl_bf16)},
         "headline": {
             "prefloop": ours,
             "trl_compared": theirs,
             **common.pair_summary(runs, ours, theirs),
         },
     }
+    if bf16:
+        trl_bf16 = fastest(["trl-bf16", "trl-defaults"])
+        pair = common.pair_summary(runs, "prefloop-bf16", trl_bf16)
+        out["bf16"] = {"trl_compared": trl_bf16, **pair}
+    return out
+
+
+def bf16_ratio(r: dict[str, Any]) -> str:
+    b = r.get("bf16")
+    return f"{b['speedup']:.2f}x vs {b['trl_compared']}" if b else "-"
 
 
 def main() -> None:
@@ -117,6 +128,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="float32 only (bf16 is slow on CPUs without AVX512-BF16)",
+    )
     args = ap.parse_args()
     common.apply_threads()
     if args.side:
@@ -129,17 +145,17 @@ def main() -> None:
         "\n|---|---|---|---|---|---|---|"
     )
     for size in [args.size] if args.size else ["tiny", "20m"]:
-        r = compare(size, args.repeats, args.steps, args.warmup)
+        r = compare(size, args.repeats, args.steps, args.warmup, not args.no_bf16)
         out[size] = r
 
         def ms(k: str, r: dict[str, Any] = r) -> str:
-            return f"{r['sides'][k]['step']['median_s'] * 1e3:.1f}"
+            return f"{r['sides'][k]['step']['median_s'] * 1e3:.1f}" if k in r["sides"] else "-"
 
         h = r["headline"]
         print(
             f"| {size} | {ms('prefloop')} / {ms('prefloop-bf16')} | {ms('trl-plain')} / "
             f"{ms('trl-bf16')} / {ms('trl-defaults')} | {r['fp32']['speedup']:.2f}x | "
-            f"{r['bf16']['speedup']:.2f}x vs {r['bf16']['trl_compared']} | {h['speedup']:.2f}x "
+            f"{bf16_ratio(r)} | {h['speedup']:.2f}x "
             f"({h['prefloop']} vs {h['trl_compared']}) | {h['a']['peak_rss_mb']:.0f} / "
             f"{h['b']['peak_rss_mb']:.0f} |",
             flush=True,

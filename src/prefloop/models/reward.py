@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
+from prefloop.models.last_layer import last_layer_at
 from prefloop.models.lm import fuse_activation
 
 NORMALIZATION_KEY = "reward_normalization"
@@ -78,20 +79,37 @@ def reward_forward(
     attention runs as one plain causal kernel instead of a masked one (faster in training).
     """
     check_reward_model(model)
-    backbone = model.base_model
+    idx = last_token_index(attention_mask)  # (B,)
+    lengths = attention_mask.long().sum(dim=1)  # (B,)
+    at = torch.arange(idx.shape[0], device=idx.device) * attention_mask.shape[1] + idx  # (B,)
     if right_padded:
-        hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, C)
+        kwargs: dict[str, Any] = {}
     else:
-        hidden = backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_for(attention_mask),
-            use_cache=False,
-        ).last_hidden_state  # (B, T, C)
-    idx = last_token_index(attention_mask)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, C)
+        kwargs = {
+            "attention_mask": attention_mask,
+            "position_ids": position_ids_for(attention_mask),
+        }
+    # The last layer only at the read tokens, when each row's tokens are contiguous (padding on
+    # one side): the padded positions are then outside every row.
+    contiguous = bool((idx - lengths + 1 >= 0).all()) and bool(
+        (attention_mask.long().gather(1, (idx - lengths + 1).clamp(min=0)[:, None]) == 1).all()
+    )
+    return _score_at(model, at, lengths if contiguous else None, input_ids=input_ids, **kwargs)
+
+
+def _score_at(
+    model: PreTrainedModel, at: torch.Tensor, lengths: torch.Tensor | None, **inputs: Any
+) -> torch.Tensor:
+    """Raw scores read at flat token positions `at` (R,) of the backbone's output; with the
+    rows' `lengths` (R,), the last layer runs at those positions only (models/last_layer.py)."""
+    backbone = model.base_model
+    if lengths is None:
+        hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
+    else:
+        with last_layer_at(backbone, at, lengths):
+            hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
-    return head(last).squeeze(-1).float()  # (B,)
+    return head(hidden.flatten(0, 1)[at]).squeeze(-1).float()  # (R,)
 
 
 # ---- packing (padding-free training) ------------------------------------------------------
@@ -116,6 +134,7 @@ class PackedRows:
     input_ids: torch.Tensor  # (N, W)
     position_ids: torch.Tensor  # (N, W): 0.. within each row, so each row attends only to itself
     last: torch.Tensor  # (R,) flat index (line * W + column) of each row's last token
+    lengths: torch.Tensor  # (R,) tokens in each row
 
 
 def pack_rows(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int) -> PackedRows:
@@ -145,19 +164,20 @@ def pack_rows(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int
     ids[dest] = rows[row_of, within]
     pos[dest] = within
     last = line * width + column + lengths - 1
-    return PackedRows(ids.view(len(room), width), pos.view(len(room), width), last)
+    return PackedRows(ids.view(len(room), width), pos.view(len(room), width), last, lengths)
 
 
 def packed_reward_forward(model: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
     """Raw scores of packed rows, with gradients: equal to `reward_forward` on the same rows
     padded (up to float rounding), for the families in PACKABLE_MODEL_TYPES.  -> (R,)"""
     check_reward_model(model)
-    hidden = model.base_model(
-        input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False
-    ).last_hidden_state  # (N, W, C)
-    last = hidden.flatten(0, 1)[packed.last]  # (R, C)
-    head: nn.Linear = model.score  # type: ignore[assignment]
-    return head(last).squeeze(-1).float()  # (R,)
+    return _score_at(
+        model,
+        packed.last,
+        packed.lengths,
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+    )
 
 
 # ---- tokenization -----------------------------------------------------------------------

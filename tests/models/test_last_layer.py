@@ -1,0 +1,80 @@
+"""The last layer computed at the read tokens only gives the full forward's scores and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    LlamaConfig,
+    Qwen2Config,
+)
+
+from prefloop.models.last_layer import last_layer_at, supported
+from prefloop.models.reward import last_token_index, pad_batch, reward_forward
+
+VOCAB, PAD = 50, 0
+
+
+def _model(family: str) -> torch.nn.Module:
+    common = dict(vocab_size=VOCAB, pad_token_id=PAD, num_labels=1)
+    if family == "gpt2":
+        config = GPT2Config(
+            n_layer=2, n_embd=32, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, **common,
+        )  # fmt: skip
+    else:  # grouped-query attention: 4 query heads share 2 key/value heads
+        cls = LlamaConfig if family == "llama" else Qwen2Config
+        config = cls(
+            num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=64, **common,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+
+
+def _full_forward(model, ids, mask) -> torch.Tensor:
+    """Scores from the plain backbone, every layer at every position."""
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    last = hidden.last_hidden_state[torch.arange(ids.shape[0]), last_token_index(mask)]
+    return model.score(last).squeeze(-1)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_scores_and_gradients_equal_the_full_forward(family, side) -> None:
+    model = _model(family).train()
+    assert supported(model.base_model)
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (7, 3, 12, 1, 9)]
+    ids, mask = pad_batch(rows, PAD, side)
+    weights = torch.arange(1.0, len(rows) + 1)
+
+    def run(fn):
+        model.zero_grad()
+        r = fn(model, ids, mask)
+        (r * weights).sum().backward()
+        return r.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fast, fast_grads = run(reward_forward)
+    full, full_grads = run(_full_forward)
+    assert torch.allclose(fast, full, atol=1e-5)
+    for name, grad in full_grads.items():
+        assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
+
+
+def test_unsupported_backbones_run_unchanged() -> None:
+    model = _model("gpt2")
+    model.base_model.gradient_checkpointing = True  # the stand-in layer does not checkpoint
+    layer = model.base_model.h[-1]
+    with last_layer_at(model.base_model, torch.tensor([0]), torch.tensor([1])) as active:
+        assert active is False and model.base_model.h[-1] is layer
+    model.base_model.gradient_checkpointing = False
+    model.config.attn_pdrop = 0.1  # attention dropout is not reproduced either
+    assert not supported(model.base_model)
+    model.config.attn_pdrop = 0.0
+    with last_layer_at(model.base_model, torch.tensor([0]), torch.tensor([1])) as active:
+        assert active is True and model.base_model.h[-1] is not layer
+    assert model.base_model.h[-1] is layer  # restored on exit
