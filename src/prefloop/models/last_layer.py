@@ -92,7 +92,7 @@ class _ReadPositionsLayer(nn.Module):
         return full.view_as(hidden_states)
 
     def _gpt2(self, flat: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
+        layer: Any = self.layer  # a transformers decoder layer (typed by its family)
         attn = layer.attn
         c = flat.shape[1]
         d = attn.head_dim
@@ -108,7 +108,7 @@ class _ReadPositionsLayer(nn.Module):
     def _llama(self, flat: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import rotate_half
 
-        layer = self.layer
+        layer: Any = self.layer  # a transformers decoder layer (typed by its family)
         attn = layer.self_attn
         d = attn.head_dim
         x = layer.input_layernorm(flat)  # (N*W, C)
@@ -133,7 +133,7 @@ def last_layer_at(backbone: nn.Module, at: torch.Tensor, lengths: torch.Tensor) 
         yield False
         return
     original = layers[-1]
-    model_type = backbone.config.model_type  # type: ignore[union-attr]
+    model_type = str(getattr(backbone.config, "model_type", ""))
     layers[-1] = _ReadPositionsLayer(original, model_type, at, lengths)
     try:
         yield True
