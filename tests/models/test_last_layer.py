@@ -69,12 +69,13 @@ def test_unsupported_backbones_run_unchanged() -> None:
     model = _model("gpt2")
     model.base_model.gradient_checkpointing = True  # the stand-in layer does not checkpoint
     layer = model.base_model.h[-1]
-    with last_layer_at(model.base_model, torch.tensor([0]), torch.tensor([1])) as active:
+    one_row = (torch.tensor([0]), torch.tensor([[0]]), torch.tensor([[True]]))
+    with last_layer_at(model.base_model, *one_row) as active:
         assert active is False and model.base_model.h[-1] is layer
     model.base_model.gradient_checkpointing = False
     model.config.attn_pdrop = 0.1  # attention dropout is not reproduced either
     assert not supported(model.base_model)
     model.config.attn_pdrop = 0.0
-    with last_layer_at(model.base_model, torch.tensor([0]), torch.tensor([1])) as active:
+    with last_layer_at(model.base_model, *one_row) as active:
         assert active is True and model.base_model.h[-1] is not layer
     assert model.base_model.h[-1] is layer  # restored on exit

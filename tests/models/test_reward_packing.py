@@ -1,4 +1,5 @@
-"""Padding-free reward training: packed rows score and train exactly like padded rows."""
+"""Padding-free reward training: packed pairs (each prompt once) score and train exactly like
+padded rows."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 from prefloop.models.lm import build_model, save_pretrained
+from prefloop.models.packing import pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
     can_pack,
-    pack_rows,
     packed_reward_forward,
     reward_forward,
 )
@@ -19,20 +20,33 @@ from prefloop.train.reward import PairRecord, RewardTask, encode_records
 TEXTS = ["the movie was great and fun", "terrible boring film with awful acting", "fine"]
 
 
-def test_pack_rows_places_every_token_once_and_rows_start_at_position_0() -> None:
-    rows = torch.tensor([[1, 2, 3, 4, 0], [5, 6, 0, 0, 0], [7, 8, 9, 0, 0], [10, 0, 0, 0, 0]])
-    lengths = torch.tensor([4, 2, 3, 1])
-    p = pack_rows(rows, lengths, width=5, pad_id=0)
-    # first fit by decreasing length: [4-row, 1-row] [3-row, 2-row]
-    assert p.input_ids.tolist() == [[1, 2, 3, 4, 10], [7, 8, 9, 5, 6]]
-    assert p.position_ids.tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+def test_pack_pairs_holds_each_prompt_once_and_every_row_attends_to_its_own_tokens() -> None:
+    # pairs (row i, row 3 + i); pair 0 shares [1, 2], pair 1 shares [5], pair 2 shares nothing
+    rows = [[1, 2, 3, 4], [5, 6], [7, 8, 9], [1, 2, 10], [5, 11, 12], [13]]
+    lengths = torch.tensor([len(r) for r in rows])
+    padded = torch.tensor([r + [0] * (4 - len(r)) for r in rows])
+    p = pack_pairs(padded, lengths, width=8, pad_id=0)
+    # first fit by decreasing size: pair 0 (4 + 3 - 2 = 5 tokens) and pair 1 (2 + 3 - 1 = 4)
+    # cannot share a line of 8; pair 2 (3 + 1 = 4) joins pair 1
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 10, 0, 0, 0], [5, 6, 11, 12, 7, 8, 9, 13]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 0, 0], [0, 1, 1, 2, 0, 1, 2, 0]]
     flat = p.input_ids.flatten()
-    assert flat[p.last].tolist() == [4, 6, 9, 10]  # each row's last token
-    # a row longer than the width gets a line of its own; unused slots are pads at position 0
-    p = pack_rows(rows, lengths, width=3, pad_id=99)
-    assert p.input_ids.shape == (3, 4)
-    assert sorted(t for t in p.input_ids.flatten().tolist() if t != 99) == list(range(1, 11))
-    assert all(p.position_ids.flatten()[p.input_ids.flatten() == 99] == 0)
+    assert flat[p.last].tolist() == [4, 6, 9, 10, 12, 13]  # each row's last token
+    for row, keys, valid in zip(rows, p.keys, p.key_valid, strict=True):
+        assert flat[keys[valid]].tolist() == row  # each row's own tokens, in order
+    mask = p.attention_mask[:, 0]
+    # the rejected response of pair 0 (column 4) sees the shared prompt, not the chosen response
+    assert mask[0, 4].tolist() == [True, True, False, False, True, False, False, False]
+    # pair 2 (columns 4..7 of line 1) never sees pair 1; padding sees only itself
+    assert mask[1, 6].tolist() == [False, False, False, False, True, True, True, False]
+    assert mask[0, 6].tolist() == [False] * 6 + [True, False]
+
+
+def test_shared_prefix_leaves_each_row_its_last_token() -> None:
+    assert shared_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert shared_prefix([1, 2], [1, 2, 3]) == 1  # row [1, 2] keeps its last token
+    assert shared_prefix([5], [5]) == 0
+    assert shared_prefix([1], [2, 3]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +60,17 @@ def test_packed_scores_and_gradients_equal_padded(family, tokenizer, tmp_path) -
     model = build_reward_model(save_pretrained(sft, tokenizer, tmp_path), tokenizer, seed=1)
     assert can_pack(model)
     model.train()
+    # prompts of different lengths; some responses start alike (shared beyond the prompt)
     records = [
-        PairRecord(f"p{i}", "great " * (i % 5 + 1), "boring fun " * (i % 3)) for i in range(6)
+        PairRecord("the movie " * (i % 3 + 1), "great " * (i % 5 + 1), "great boring " * (i % 3))
+        for i in range(6)
     ]
     pairs = encode_records(records, tokenizer, 64)
     padded = RewardTask(pairs, batch_size=6, grad_accum=1).microbatches(0)[0]
-    packed = RewardTask(pairs, 6, 1, pack_width=16, pad_id=tokenizer.pad_token_id).microbatches(0)[
-        0
-    ]
-    assert packed["packed"].input_ids.numel() < padded["input_ids"].numel()  # less padding
+    pad_id = tokenizer.pad_token_id
+    packed = RewardTask(pairs, 6, 1, pack_width=16, pad_id=pad_id).microbatches(0)[0]
+    real = int(padded["attention_mask"].sum())
+    assert packed["packed"].input_ids.numel() < real  # no padding, and prompts held once
 
     def run(batch):
         model.zero_grad()

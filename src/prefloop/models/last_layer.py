@@ -68,14 +68,13 @@ def _attend(
 class _ReadPositionsLayer(nn.Module):
     """Stands in for the last decoder layer while `last_layer_at` is active."""
 
-    def __init__(self, layer: nn.Module, model_type: str, at: torch.Tensor, lengths: torch.Tensor):
+    def __init__(
+        self, layer: nn.Module, model_type: str, at: torch.Tensor, keys: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.layer, self.model_type, self.at = layer, model_type, at
-        longest = int(lengths.max())
-        span = torch.arange(longest, device=at.device)
-        self.valid = span < lengths[:, None]  # (R, L)
-        start = at - lengths + 1
-        self.rows = (start[:, None] + span).clamp(max=at[:, None])  # (R, L) flat token indices
+        self.rows, self.valid = keys, valid
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         flat = hidden_states.flatten(0, 1)  # (N*W, C)
@@ -122,11 +121,23 @@ class _ReadPositionsLayer(nn.Module):
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
+def contiguous_keys(at: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, valid) (R, L) for rows whose `lengths` (R,) tokens lie side by side ending at the
+    flat positions `at` (R,): padded rows, left or right."""
+    span = torch.arange(int(lengths.max()), device=at.device)
+    valid = span < lengths[:, None]  # (R, L)
+    start = at - lengths + 1
+    return (start[:, None] + span).clamp(max=at[:, None]), valid
+
+
 @contextmanager
-def last_layer_at(backbone: nn.Module, at: torch.Tensor, lengths: torch.Tensor) -> Iterator[bool]:
+def last_layer_at(
+    backbone: nn.Module, at: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor
+) -> Iterator[bool]:
     """Within the block, `backbone`'s last layer computes its output only at the flat positions
-    `at` (R,) (row * W + column, each a row's last token, the row being the `lengths` (R,)
-    tokens ending there); elsewhere its output is zero. Yields whether that is in effect: an
+    `at` (R,) (line * W + column, each a row's last token); `keys` (R, L) are the flat positions
+    of each row's tokens (the ones its last token attends to; `valid` (R, L) marks the real
+    entries). Elsewhere the layer's output is zero. Yields whether that is in effect: an
     unsupported backbone runs unchanged (yields False)."""
     layers = _layers(backbone)
     if layers is None or not supported(backbone):
@@ -134,7 +145,7 @@ def last_layer_at(backbone: nn.Module, at: torch.Tensor, lengths: torch.Tensor) 
         return
     original = layers[-1]
     model_type = str(getattr(backbone.config, "model_type", ""))
-    layers[-1] = _ReadPositionsLayer(original, model_type, at, lengths)
+    layers[-1] = _ReadPositionsLayer(original, model_type, at, keys, valid)
     try:
         yield True
     finally:

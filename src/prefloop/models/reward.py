@@ -27,8 +27,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
-from prefloop.models.last_layer import last_layer_at
+from prefloop.models.last_layer import contiguous_keys, last_layer_at
 from prefloop.models.lm import fuse_activation
+from prefloop.models.packing import PackedPairs
 
 NORMALIZATION_KEY = "reward_normalization"
 ENSEMBLE_DIR = "ensemble"
@@ -90,93 +91,58 @@ def reward_forward(
             "position_ids": position_ids_for(attention_mask),
         }
     # The last layer only at the read tokens, when each row's tokens are contiguous (padding on
-    # one side): the padded positions are then outside every row.
-    contiguous = bool((idx - lengths + 1 >= 0).all()) and bool(
-        (attention_mask.long().gather(1, (idx - lengths + 1).clamp(min=0)[:, None]) == 1).all()
-    )
-    return _score_at(model, at, lengths if contiguous else None, input_ids=input_ids, **kwargs)
+    # one side, one run of 1s in the mask): the padded positions are then outside every row.
+    mask = attention_mask.long()
+    runs = mask[:, 0] + (mask.diff(dim=1) == 1).sum(dim=1)  # (B,) runs of real tokens
+    contiguous = bool((runs == 1).all())
+    keys = contiguous_keys(at, lengths) if contiguous else None
+    return _score_at(model, at, keys, input_ids=input_ids, **kwargs)
 
 
 def _score_at(
-    model: PreTrainedModel, at: torch.Tensor, lengths: torch.Tensor | None, **inputs: Any
+    model: PreTrainedModel,
+    at: torch.Tensor,
+    keys: tuple[torch.Tensor, torch.Tensor] | None,
+    **inputs: Any,
 ) -> torch.Tensor:
-    """Raw scores read at flat token positions `at` (R,) of the backbone's output; with the
-    rows' `lengths` (R,), the last layer runs at those positions only (models/last_layer.py)."""
+    """Raw scores read at flat token positions `at` (R,) of the backbone's output; given each
+    row's `keys` (flat positions (R, L) and which are real), the last layer runs at `at` only
+    (models/last_layer.py)."""
     backbone = model.base_model
-    if lengths is None:
+    if keys is None:
         hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     else:
-        with last_layer_at(backbone, at, lengths):
+        with last_layer_at(backbone, at, *keys):
             hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
     return head(hidden.flatten(0, 1)[at]).squeeze(-1).float()  # (R,)
 
 
 # ---- packing (padding-free training) ------------------------------------------------------
-# Model families whose attention mask follows packed position ids (transformers >= 5 builds a
-# block-diagonal causal mask when `position_ids` restart at 0 and no mask is given). Tested in
-# tests/models/test_reward.py; other families take the padded path.
+# Model families tested with packed pairs (an explicit block mask for SDPA attention and the
+# last layer at the read tokens): tests/models/test_reward_packing.py. Others are padded.
 PACKABLE_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2"})
 
 
 def can_pack(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
-    return getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES and getattr(
-        config, "_attn_implementation", None
-    ) in ("sdpa", "eager", "flash_attention_2")
+    return (
+        getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+    )
 
 
-@dataclass
-class PackedRows:
-    """Variable-length rows laid end to end in a few lines of `width` tokens, no padding between
-    them: the model spends no arithmetic on padding. Shapes: N lines, W width, R rows."""
-
-    input_ids: torch.Tensor  # (N, W)
-    position_ids: torch.Tensor  # (N, W): 0.. within each row, so each row attends only to itself
-    last: torch.Tensor  # (R,) flat index (line * W + column) of each row's last token
-    lengths: torch.Tensor  # (R,) tokens in each row
-
-
-def pack_rows(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int) -> PackedRows:
-    """Pack the first `lengths[i]` ids of each of `rows` (R, T) into lines of `width` tokens,
-    first-fit by decreasing length. Leftover slots hold `pad_id` at position 0 (each one a
-    sequence of its own, so it affects no row)."""
-    n_rows = int(lengths.shape[0])
-    width = max(width, int(lengths.max()))
-    room: list[int] = []
-    line = torch.empty(n_rows, dtype=torch.long)
-    column = torch.empty(n_rows, dtype=torch.long)
-    for i in lengths.argsort(descending=True, stable=True).tolist():
-        n = int(lengths[i])
-        b = next((b for b, r in enumerate(room) if r >= n), len(room))
-        if b == len(room):
-            room.append(width)
-        line[i], column[i] = b, width - room[b]
-        room[b] -= n
-    width = width - min(room)  # trim columns no line uses
-    row_of = torch.repeat_interleave(torch.arange(n_rows), lengths)  # (S,) S = real tokens
-    within = torch.arange(row_of.shape[0]) - torch.repeat_interleave(
-        lengths.cumsum(0) - lengths, lengths
-    )  # (S,) position of each token in its row
-    dest = (line * width + column)[row_of] + within  # (S,)
-    ids = torch.full((len(room) * width,), pad_id, dtype=torch.long)
-    pos = torch.zeros(len(room) * width, dtype=torch.long)
-    ids[dest] = rows[row_of, within]
-    pos[dest] = within
-    last = line * width + column + lengths - 1
-    return PackedRows(ids.view(len(room), width), pos.view(len(room), width), last, lengths)
-
-
-def packed_reward_forward(model: PreTrainedModel, packed: PackedRows) -> torch.Tensor:
-    """Raw scores of packed rows, with gradients: equal to `reward_forward` on the same rows
-    padded (up to float rounding), for the families in PACKABLE_MODEL_TYPES.  -> (R,)"""
+def packed_reward_forward(model: PreTrainedModel, packed: PackedPairs) -> torch.Tensor:
+    """Raw scores of packed pairs (models/packing.py), with gradients: equal to `reward_forward`
+    on the same rows padded (up to float rounding), for models `can_pack` accepts.  -> (2B,)"""
     check_reward_model(model)
     return _score_at(
         model,
         packed.last,
-        packed.lengths,
+        (packed.keys, packed.key_valid),
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
+        attention_mask=packed.attention_mask,
     )
 
 

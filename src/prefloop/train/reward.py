@@ -26,13 +26,13 @@ from torch import nn
 
 from prefloop.config import option
 from prefloop.errors import PrefloopError
+from prefloop.models.packing import pack_pairs
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
     can_pack,
     encode_pairs,
     max_positions,
-    pack_rows,
     packed_reward_forward,
     pad_batch,
     reward_forward,
@@ -201,13 +201,14 @@ def collate_pairs(
     pairs: EncodedPairs, index: torch.Tensor, pack_width: int = 0, pad_id: int = 0
 ) -> dict[str, Any]:
     """The pairs at `index` as 2B rows (chosen first, then rejected): right-padded to the
-    longest, or with `pack_width` > 0 packed into lines of that many tokens (`packed`)."""
+    longest, or with `pack_width` > 0 packed pair by pair, each prompt once, into lines of that
+    many tokens (`packed`, models/packing.py)."""
     rows = torch.cat([index, index + len(pairs)])  # (2B,)
     lengths = pairs.lengths[rows]
     width = int(lengths.max())
     batch: dict[str, Any] = {"tie": pairs.tie[index], "margin": pairs.margin[index]}  # (B,)
     if pack_width:
-        batch["packed"] = pack_rows(pairs.rows[rows, :width], lengths, pack_width, pad_id)
+        batch["packed"] = pack_pairs(pairs.rows[rows, :width], lengths, pack_width, pad_id)
     else:
         batch["input_ids"] = pairs.rows[rows, :width]  # (2B, T)
         batch["attention_mask"] = (torch.arange(width) < lengths[:, None]).long()  # (2B, T)

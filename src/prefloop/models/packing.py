@@ -1,0 +1,103 @@
+"""Padding-free batches of preference pairs, each pair's shared prompt computed once.
+
+A pair's chosen and rejected rows start with the same prompt. In a causal model that prompt's
+hidden states are the same in both rows, so a packed pair holds it once:
+
+    line:      [ prompt | chosen response | rejected response | next pair ... | pad ]
+    positions:   0..s-1   s..c-1            s..r-1              0..
+    attends to:  prompt   prompt + chosen   prompt + rejected   its own pair
+
+Pairs are laid end to end in lines of `width` tokens (first fit by decreasing size; a longer
+pair gets a line of its own), so no arithmetic goes to padding or to a second copy of the prompt.
+The block mask is explicit (N, 1, W, W), True where a token may attend, for transformers' SDPA
+attention. Scores and gradients equal those of the padded rows (tests/models/test_reward_packing.py).
+
+Shapes: B pairs, 2B rows (chosen rows first, then rejected), N lines of W tokens, L the longest row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SHARED, CHOSEN, REJECTED = 0, 1, 2  # which part of a pair a token belongs to
+
+
+@dataclass
+class PackedPairs:
+    input_ids: torch.Tensor  # (N, W)
+    position_ids: torch.Tensor  # (N, W): each row's own positions, the prompt's counted once
+    attention_mask: torch.Tensor  # (N, 1, W, W) bool: True where a token may attend
+    last: torch.Tensor  # (2B,) flat index (line * W + column) of each row's last token
+    keys: torch.Tensor  # (2B, L) flat indices of each row's tokens, in order (padded with last)
+    key_valid: torch.Tensor  # (2B, L) bool: which entries of `keys` are real
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """Tokens at the start of `a` and `b` that are the same, leaving each row at least one own
+    token (its last one, where the score is read)."""
+    n = min(len(a), len(b)) - 1
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return max(i, 0)
+
+
+def pack_pairs(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int) -> PackedPairs:
+    """Pack pairs of rows (R=2B, T) with `lengths` (2B,): row i and row B + i are one pair."""
+    b = rows.shape[0] // 2
+    ids_list = [r[:n] for r, n in zip(rows.tolist(), lengths.tolist(), strict=True)]
+    share = [shared_prefix(ids_list[i], ids_list[b + i]) for i in range(b)]
+    size = [len(ids_list[i]) + len(ids_list[b + i]) - share[i] for i in range(b)]
+    width = max(width, max(size))
+    lines: list[list[int]] = []  # the pairs in each line
+    room: list[int] = []
+    for i in sorted(range(b), key=lambda i: -size[i]):
+        line = next((k for k, r in enumerate(room) if r >= size[i]), len(room))
+        if line == len(room):
+            lines.append([])
+            room.append(width)
+        lines[line].append(i)
+        room[line] -= size[i]
+    width -= min(room)  # trim columns no line uses
+    n = len(lines)
+    ids = [pad_id] * (n * width)
+    pos = [0] * (n * width)
+    seg = [-1] * (n * width)  # the pair a token belongs to (-1: padding)
+    part = [SHARED] * (n * width)
+    last = [0] * (2 * b)
+    keys: list[list[int]] = [[] for _ in range(2 * b)]
+    for line, pairs in enumerate(lines):
+        at = line * width
+        for i in pairs:
+            s, chosen, rejected = share[i], ids_list[i], ids_list[b + i]
+            parts = [(chosen[:s], 0, SHARED), (chosen[s:], s, CHOSEN), (rejected[s:], s, REJECTED)]
+            start = {}
+            for tokens, first_pos, kind in parts:
+                start[kind] = at
+                for k, t in enumerate(tokens):
+                    ids[at + k], pos[at + k], seg[at + k], part[at + k] = t, first_pos + k, i, kind
+                at += len(tokens)
+            shared = list(range(start[SHARED], start[SHARED] + s))
+            keys[i] = shared + list(range(start[CHOSEN], start[CHOSEN] + len(chosen) - s))
+            keys[b + i] = shared + list(range(start[REJECTED], start[REJECTED] + len(rejected) - s))
+            last[i], last[b + i] = keys[i][-1], keys[b + i][-1]
+    seg_t = torch.tensor(seg).view(n, width)
+    part_t = torch.tensor(part).view(n, width)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_pair = (seg_t[:, :, None] == seg_t[:, None, :]) & (seg_t[:, None, :] >= 0)  # (N, W, W)
+    same_branch = (part_t[:, None, :] == SHARED) | (part_t[:, :, None] == part_t[:, None, :])
+    # padding attends only to itself (a row of the mask with no True would give NaN)
+    mask = (same_pair & same_branch & causal) | torch.eye(width, dtype=torch.bool)
+    longest = max(len(k) for k in keys)
+    key_valid = torch.tensor([[j < len(k) for j in range(longest)] for k in keys])
+    keys_t = torch.tensor([k + [k[-1]] * (longest - len(k)) for k in keys])
+    return PackedPairs(
+        torch.tensor(ids).view(n, width),
+        torch.tensor(pos).view(n, width),
+        mask.unsqueeze(1),
+        torch.tensor(last),
+        keys_t,
+        key_valid,
+    )
