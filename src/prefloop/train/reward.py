@@ -259,12 +259,15 @@ class RewardTask:
     def _indices(self, start: int, n: int) -> torch.Tensor:
         """Positions start .. start+n-1 of the endless stream of shuffled epochs."""
         out = []
-        for k in range(start, start + n):
+        k, end = start, start + n
+        while k < end:  # one slice per epoch the positions touch
             epoch, pos = divmod(k, len(self.pairs))
             if self._order is None or self._order[0] != epoch:
                 self._order = (epoch, self._epoch_order(epoch))
-            out.append(self._order[1][pos])
-        return torch.stack(out)
+            take = min(len(self.pairs) - pos, end - k)
+            out.append(self._order[1][pos : pos + take])
+            k += take
+        return torch.cat(out)
 
     def microbatches(self, step: int) -> list[dict[str, Any]]:
         start = step * self.batch_size * self.grad_accum
