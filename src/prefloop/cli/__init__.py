@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from prefloop import __version__
-from prefloop.cli._common import OneLineParser, configure_command
+from prefloop.cli._common import OneLineParser
 from prefloop.errors import PrefloopError
 
 
@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    configure_command(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

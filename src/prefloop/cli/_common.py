@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from prefloop.config import add_dataclass_args, build_config
@@ -22,17 +20,11 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# Subcommands whose config class lives beside torch code: their flags are added only when the
-# command is the one being run (`configure_command`), so `prefloop --help` and the light
-# commands start without importing torch and transformers (~3 s).
-LAZY_FLAGS: dict[str, Callable[[], None]] = {}
-
-
 def add_command(
-    sub: Any, name: str, help: str, func: Any, config_cls: type | str | None = None
+    sub: Any, name: str, help: str, func: Any, config_cls: type | None = None
 ) -> argparse.ArgumentParser:
-    """A subcommand with --workspace and (optionally) one flag per config field. `config_cls`
-    may be "module:Class", imported only when this subcommand runs."""
+    """A subcommand with --workspace and (optionally) one flag per field of `config_cls` (stage
+    configs live in the torch-free prefloop.configs, so building the parser stays light)."""
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
     p.add_argument(
         "--workspace",
@@ -41,25 +33,9 @@ def add_command(
     )
     p.set_defaults(func=func, stage_name=name)
 
-    def flags() -> None:
-        if isinstance(config_cls, str):
-            module, _, attr = config_cls.partition(":")
-            add_dataclass_args(p, getattr(importlib.import_module(module), attr))
-        elif config_cls is not None:
-            add_dataclass_args(p, config_cls)
-
-    if isinstance(config_cls, str):
-        LAZY_FLAGS[name] = flags
-    elif config_cls is not None:
-        flags()
+    if config_cls is not None:
+        add_dataclass_args(p, config_cls)
     return p
-
-
-def configure_command(argv: list[str]) -> None:
-    """Add the flags of the subcommand named in argv (its first non-option word), if lazy."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in LAZY_FLAGS:
-        LAZY_FLAGS.pop(command)()
 
 
 def workspace_and_config(args: argparse.Namespace, cls: type[T]) -> tuple[Workspace, T]:

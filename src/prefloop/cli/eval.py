@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
+from prefloop.configs import EvalConfig
 
 
 def _fmt(v: Any) -> str:
@@ -15,7 +16,7 @@ def _fmt(v: Any) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from prefloop.eval.evaluate import EvalConfig, evaluate
+    from prefloop.eval.evaluate import evaluate
 
     quiet_transformers()
     ws, cfg = workspace_and_config(args, EvalConfig)
@@ -49,7 +50,7 @@ def register(sub: Any) -> None:
         "eval",
         "compare policy A with policy B on held-out prompts (win-rate, KL, scores)",
         _eval,
-        "prefloop.eval.evaluate:EvalConfig",
+        EvalConfig,
     )
     p.add_argument("a", help="model A (version, latest:<stage>, production, folder)")
     p.add_argument("b", help="model B, the baseline (e.g. latest:sft)")

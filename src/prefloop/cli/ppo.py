@@ -6,10 +6,11 @@ import argparse
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
+from prefloop.configs import PpoConfig
 
 
 def _ppo(args: argparse.Namespace) -> int:
-    from prefloop.train.ppo import PpoConfig, run_ppo
+    from prefloop.train.ppo import run_ppo
 
     quiet_transformers()
     ws, cfg = workspace_and_config(args, PpoConfig)
@@ -28,5 +29,5 @@ def register(sub: Any) -> None:
         "ppo",
         "train the policy with PPO against a reward model, function or server",
         _ppo,
-        "prefloop.train.ppo:PpoConfig",
+        PpoConfig,
     )

@@ -6,10 +6,11 @@ import argparse
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
+from prefloop.configs import PretrainConfig, SFTConfig
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from prefloop.train.pretrain import PretrainConfig, pretrain
+    from prefloop.train.pretrain import pretrain
 
     quiet_transformers()
     ws, cfg = workspace_and_config(args, PretrainConfig)
@@ -28,7 +29,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from prefloop.train.sft import SFTConfig, sft
+    from prefloop.train.sft import sft
 
     quiet_transformers()
     ws, cfg = workspace_and_config(args, SFTConfig)
@@ -48,12 +49,12 @@ def register(sub: Any) -> None:
         "pretrain",
         "train a causal LM on a text corpus (default: the embedded reviews)",
         _pretrain,
-        "prefloop.train.pretrain:PretrainConfig",
+        PretrainConfig,
     )
     add_command(
         sub,
         "sft",
         "supervised fine-tuning on prompt/response or messages data",
         _sft,
-        "prefloop.train.sft:SFTConfig",
+        SFTConfig,
     )

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from prefloop.cli._common import add_command, quiet_transformers, workspace_and_config
+from prefloop.configs import RewardConfig
 
 
 def _fmt(value: Any) -> str:
@@ -16,7 +17,7 @@ def _fmt(value: Any) -> str:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from prefloop.train.reward import RewardConfig, train_reward
+    from prefloop.train.reward import train_reward
 
     quiet_transformers()
     ws, cfg = workspace_and_config(args, RewardConfig)
@@ -46,5 +47,5 @@ def register(sub: Any) -> None:
         "reward",
         "train a reward model (Bradley-Terry) on labelled comparisons from the preference store",
         _reward,
-        "prefloop.train.reward:RewardConfig",
+        RewardConfig,
     )

@@ -15,37 +15,13 @@ from typing import Any
 
 import torch
 
-from prefloop.config import option
+from prefloop.configs import EvalConfig
 from prefloop.errors import PrefloopError
 from prefloop.eval.winrate import preferences_from_scores, win_rate
 from prefloop.models.sampler import Sampler, SamplingParams, left_pad, right_pad, sequence_logprobs
 from prefloop.train.rewards import RewardSource, build_reward
 
 EMBEDDED_GOLD = "python:prefloop.feedback.gold.sentiment_gold"
-
-
-@dataclass
-class EvalConfig:
-    prompts: str = option(
-        "", "held-out prompt file (.txt or rows with 'prompt'); '' = embedded eval split"
-    )
-    num_prompts: int = option(200, "prompts drawn from the embedded eval split")
-    reward: list[str] = option(  # noqa: RUF009 (option() builds a default_factory for lists)
-        ["latest:reward"], "reward source(s) whose mean score is reported ('none' to skip)"
-    )
-    gold: str = option(
-        "auto", "gold scorer (python:mod.func); 'auto' = VADER for the embedded task"
-    )
-    judge: str = option(
-        "gold", "who decides A vs B: 'gold', 'annotator' (simulated), 'reward', or a reward source"
-    )
-    annotator_agreement: float = option(0.75, "simulated annotator's agreement with gold")
-    reference: str = option("latest:sft", "reference policy for KL ('none' to skip)")
-    max_new_tokens: int = option(32, "response length limit")
-    temperature: float = option(1.0, "sampling temperature (also used for KL log-probs)")
-    top_p: float = option(1.0, "nucleus sampling")
-    seed: int = option(0, "sampling and bootstrap seed")
-    show_samples: int = option(8, "samples kept side by side")
 
 
 @dataclass

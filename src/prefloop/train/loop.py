@@ -20,33 +20,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from prefloop.config import option
+from prefloop.configs import LoopConfig
 from prefloop.errors import PrefloopError
 from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-
-
-@dataclass
-class LoopConfig:
-    max_steps: int = option(500, "optimizer steps")
-    lr: float = option(1e-3, "peak learning rate")
-    min_lr_ratio: float = option(0.1, "cosine decay floor as a fraction of lr")
-    warmup_steps: int = option(20, "linear warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay (matrices only; biases and norms exempt)")
-    adam_beta1: float = option(0.9, "AdamW beta1")
-    adam_beta2: float = option(0.95, "AdamW beta2")
-    adam_eps: float = option(1e-8, "AdamW epsilon")
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
-    max_grad_norm: float = option(1.0, "clip the global gradient norm to this (0 = off)")
-    eval_every: int = option(0, "evaluate every N steps (0 = only at the end)")
-    checkpoint_every: int = option(50, "checkpoint every N steps (0 = off)")
-    log_every: int = option(10, "TensorBoard/progress update every N steps")
-    seed: int = option(0, "random seed")
-    deterministic: bool = option(False, "bitwise-reproducible CPU kernels (slower)")
-    bf16: bool = option(
-        False,
-        "bfloat16 autocast for forward and loss (weights, gradients and AdamW stay float32): "
-        "faster on GPUs and on CPUs with AVX512-BF16 or AMX",
-    )
 
 
 class Task(Protocol):

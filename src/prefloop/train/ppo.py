@@ -13,144 +13,18 @@ Defaults follow docs/rlhf-notes.md (Huang et al., "The N Implementation Details 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from prefloop.config import option
+from prefloop.configs import PpoConfig
 from prefloop.errors import PrefloopError
 from prefloop.models.sampler import token_logprobs
 from prefloop.train import losses as L
 from prefloop.train.experience import Experience
-from prefloop.train.loop import LoopConfig
 from prefloop.train.rewards import RewardSource
 from prefloop.train.rollout import PolicyAndValue, Rollout, make_experience
-
-
-@dataclass
-class PpoConfig:
-    # ---- models and data
-    policy: str = option("latest:sft", "policy to start from (and the frozen reference)")
-    reward: list[str] = option(  # noqa: RUF009 (option() builds a default_factory for lists)
-        ["latest:reward"],
-        "reward source(s), [WEIGHT*]SOURCE: a reward-model version/path, python:mod.func, or an "
-        "http:// URL of `prefloop serve-reward`; several are summed with their weights",
-    )
-    gold: str = option(
-        "", "gold scorer logged beside the reward, never optimized (python:mod.func)"
-    )
-    value_init: str = option(
-        "auto",
-        "value network: 'reward' (a copy of the reward model, N+ study), 'policy' (the policy "
-        "with a scalar head), 'shared' (a head on the policy's backbone), 'auto' (reward if the "
-        "reward source is a model with the policy's tokenizer, else policy)",
-    )
-    lora_r: int = option(
-        0,
-        "LoRA rank of the policy's adapters (0 = train every weight); with LoRA the reference "
-        "is the same model with its adapters disabled, not a second copy",
-    )
-    lora_alpha: int = option(16, "LoRA scaling alpha")
-    lora_targets: list[str] = option(  # noqa: RUF009
-        [], "module names to adapt (default: peft's choice for the architecture)"
-    )
-    prompts: str = option(
-        "",
-        "prompt file (.txt one per line, or .jsonl with 'prompt'); "
-        "empty = the embedded review task",
-    )
-    num_prompts: int = option(2048, "prompts drawn from the embedded task when no file is given")
-    # ---- rollout
-    rollouts: int = option(24, "PPO iterations (rollout + learning)")
-    batch_size: int = option(64, "prompts per rollout (one response each)")
-    max_new_tokens: int = option(32, "response length limit (tokens)")
-    temperature: float = option(1.0, "sampling temperature; also divides the logits in the loss")
-    top_p: float = option(1.0, "nucleus sampling at rollout time (biases the ratio if < 1)")
-    top_k: int = option(0, "top-k sampling at rollout time (0 = off)")
-    # ---- reward shaping
-    kl_controller: str = option("fixed", "'fixed' β or 'adaptive' (Ziegler et al. 2019)")
-    kl_coef: float = option(0.05, "β of the per-token KL penalty (fixed controller)")
-    adaptive_kl_init: float = option(0.15, "initial β of the adaptive controller")
-    kl_target: float = option(6.0, "adaptive controller: target KL per response (nats)")
-    kl_horizon: int = option(10_000, "adaptive controller: horizon (samples)")
-    penalize_missing_eos: bool = option(True, "responses without EOS get missing_eos_penalty")
-    missing_eos_penalty: float = option(-1.0, "score of a response that hit max_new_tokens")
-    whiten_rewards: bool = option(False, "scale per-token rewards to unit variance (no shift)")
-    whiten_advantages: bool = option(True, "whiten advantages per rollout (shift and scale)")
-    max_nan_rewards: int = option(16, "halt after this many samples scored NaN (dropped)")
-    # ---- learning
-    ppo_epochs: int = option(4, "passes over each rollout")
-    num_minibatches: int = option(4, "minibatches (optimizer steps) per pass")
-    grad_accum: int = option(1, "micro-batches per minibatch (gradient accumulation)")
-    gamma: float = option(1.0, "GAE discount")
-    lam: float = option(0.95, "GAE λ")
-    clip_eps: float = option(0.2, "policy ratio clip ε")
-    vf_clip_eps: float = option(0.2, "value clip ε_v")
-    vf_coef: float = option(0.1, "value-loss coefficient")
-    entropy_coef: float = option(0.0, "entropy bonus coefficient")
-    lr: float = option(1e-4, "peak learning rate (policy and value)")
-    min_lr_ratio: float = option(0.1, "cosine floor as a fraction of lr (annealing)")
-    warmup_steps: int = option(8, "linear warmup steps (PyTorch Adam is aggressive early)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    adam_eps: float = option(1e-5, "AdamW epsilon")
-    max_grad_norm: float = option(1.0, "gradient clipping norm")
-    # ---- run
-    seed: int = option(0, "seed (sampling, shuffling, prompt order)")
-    deterministic: bool = option(False, "bitwise-reproducible CPU kernels (resume equality)")
-    checkpoint_every: int = option(4, "checkpoint every N rollouts (0 = off)")
-    resume: bool = option(False, "continue the newest unfinished ppo run from its last checkpoint")
-
-    def __post_init__(self) -> None:
-        choices = {
-            "value_init": ("auto", "reward", "policy", "shared"),
-            "kl_controller": ("fixed", "adaptive"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
-        positive = (
-            "rollouts",
-            "batch_size",
-            "max_new_tokens",
-            "ppo_epochs",
-            "num_minibatches",
-            "grad_accum",
-            "kl_horizon",
-        )
-        if self.lora_r < 0:
-            raise ValueError("lora_r must be >= 0")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.num_minibatches * self.grad_accum > self.batch_size:
-            raise ValueError("num_minibatches * grad_accum must not exceed batch_size")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 for PPO (log-probs divide by it)")
-
-    @property
-    def steps_per_rollout(self) -> int:
-        return self.ppo_epochs * self.num_minibatches
-
-    def loop_config(self) -> LoopConfig:
-        """The training-loop settings: one optimizer step per minibatch."""
-        return LoopConfig(
-            max_steps=self.rollouts * self.steps_per_rollout,
-            lr=self.lr,
-            min_lr_ratio=self.min_lr_ratio,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            adam_eps=self.adam_eps,
-            grad_accum=self.grad_accum,
-            max_grad_norm=self.max_grad_norm,
-            eval_every=0,
-            checkpoint_every=self.checkpoint_every * self.steps_per_rollout,
-            log_every=1,
-            seed=self.seed,
-            deterministic=self.deterministic,
-        )
-
 
 # ---- KL controllers ---------------------------------------------------------------------------
 

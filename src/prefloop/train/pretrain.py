@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
-from prefloop.config import option
+from prefloop.configs import PretrainConfig
 from prefloop.data import reviews
 from prefloop.data.corpus import load_corpus, pack
 from prefloop.errors import PrefloopError
@@ -18,30 +18,8 @@ from prefloop.models.lm import (
 )
 from prefloop.models.tokenizer import train_bpe_tokenizer
 from prefloop.train.lm import LanguageModelingTask, unigram_entropy
-from prefloop.train.loop import LoopConfig, TrainResult, train
+from prefloop.train.loop import TrainResult, train
 from prefloop.workspace import ModelVersion, Workspace
-
-
-@dataclass
-class PretrainConfig(LoopConfig):
-    data: str = option(
-        "", "corpus: .txt/.jsonl/.parquet/.csv file, datasets folder or id ('' = embedded reviews)"
-    )
-    text_field: str = option("text", "field holding the text in JSONL/Parquet/datasets rows")
-    embedded_docs: int = option(20000, "documents generated for the embedded corpus")
-    model: str = option("", "start from this HF model (folder or hub id) instead of from scratch")
-    tokenizer: str = option("", "HF tokenizer to use ('' = train a byte-level BPE on the corpus)")
-    vocab_size: int = option(2048, "BPE vocabulary size when training a tokenizer")
-    family: str = option("gpt2", "architecture when building from scratch: gpt2, llama, qwen2")
-    size: str = option("tiny", "preset size: tiny (~1M), small (~4M), medium (~20M)")
-    context: int = option(64, "context length (packed block size + 1)")
-    batch_size: int = option(32, "sequences per micro-batch")
-    eval_fraction: float = option(0.02, "fraction of packed blocks held out for eval loss")
-    trust_remote_code: bool = option(False, "allow custom model code from the hub (off by default)")
-    resume: bool = option(False, "continue the newest unfinished pretrain run")
-    max_steps: int = option(400, "optimizer steps")
-    lr: float = option(3e-3, "peak learning rate")
-    warmup_steps: int = option(20, "linear warmup steps")
 
 
 def _texts(cfg: PretrainConfig) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefloop.config import option
+from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
 from prefloop.models.packing import pack_pairs
 from prefloop.models.reward import (
@@ -38,57 +38,12 @@ from prefloop.models.reward import (
     reward_forward,
     set_normalization,
 )
-from prefloop.train.loop import LoopConfig, train
+from prefloop.train.loop import train
 from prefloop.train.losses import bradley_terry, bradley_terry_tie
 from prefloop.train.reward_metrics import heldout_metrics
 from prefloop.workspace import ModelVersion, Workspace
 
 TIE_CHOICES = ("tie", "both_bad")
-
-
-@dataclass
-class RewardConfig(LoopConfig):
-    model: str = option(
-        "latest:sft", "initialize from this causal LM: version, latest:<stage>, folder"
-    )
-    db: str = option("", "preference store URL ('' = the workspace's preferences.db)")
-    kinds: list[str] = option(  # noqa: RUF009 (option() builds a default_factory for lists)
-        [], "annotator kinds to learn from: human end_user simulated imported"
-    )
-    sources: list[str] = option(  # noqa: RUF009
-        [], "comparison sources to learn from (default: all)"
-    )
-    epochs: float = option(2.0, "passes over the training pairs (sets max_steps when it is 0)")
-    batch_size: int = option(16, "comparison pairs per micro-batch (2x rows: chosen and rejected)")
-    max_length: int = option(0, "prompt+response tokens kept, prompt cut first (0 = model context)")
-    ties: str = option(
-        "skip", "tie / both-bad labels: 'skip' or 'equal' (train toward equal scores)"
-    )
-    margin: float = option(
-        0.0, "Bradley-Terry margin per unit of label strength (1 slight, 2 much)"
-    )
-    center_coef: float = option(0.0, "penalty coef * mean(r^2) keeping raw scores near 0")
-    heldout_fraction: float = option(
-        0.1, "fraction of prompts held out for accuracy and calibration"
-    )
-    gold: str = option(
-        "auto", "gold for held-out accuracy: sentiment, none, auto (simulated labels)"
-    )
-    gold_tie_eps: float = option(
-        0.05, "held-out pairs whose gold scores differ less are not scored"
-    )
-    ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
-    group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
-    pack_width: int = option(
-        64,
-        "pack rows end to end in lines of this many tokens, no padding (0 = padded rows; "
-        "GPT-2, Llama and Qwen2 families only, others are padded)",
-    )
-    max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
-    lr: float = option(5e-4, "peak learning rate")
-    warmup_steps: int = option(10, "linear warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay (matrices only)")
-    checkpoint_every: int = option(0, "checkpoint every N steps (0 = off; a run takes seconds)")
 
 
 @dataclass(frozen=True)

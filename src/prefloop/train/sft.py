@@ -6,36 +6,16 @@ the loss covers response (assistant) tokens only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-from prefloop.config import option
+from prefloop.configs import SFTConfig
 from prefloop.data import reviews
 from prefloop.data.sft import encode_sft, load_sft, load_sft_rows
 from prefloop.errors import PrefloopError
 from prefloop.models.lm import context_length, load_model_and_tokenizer
 from prefloop.train.lm import LanguageModelingTask
-from prefloop.train.loop import LoopConfig, TrainResult, train
+from prefloop.train.loop import TrainResult, train
 from prefloop.workspace import ModelVersion, Workspace
-
-
-@dataclass
-class SFTConfig(LoopConfig):
-    data: str = option(
-        "", "prompt/response or messages rows (JSONL/Parquet/datasets; '' = embedded)"
-    )
-    embedded_examples: int = option(8000, "examples generated for the embedded task")
-    model: str = option(
-        "latest:pretrain", "model to fine-tune: version, latest:<stage>, folder or hub id"
-    )
-    max_length: int = option(0, "truncate prompt+response to this many tokens (0 = model context)")
-    truncation: str = option("left", "prompt too long: 'left' (truncate with a warning) or 'error'")
-    batch_size: int = option(32, "examples per micro-batch")
-    eval_fraction: float = option(0.05, "fraction of examples held out for eval loss")
-    trust_remote_code: bool = option(False, "allow custom model code from the hub (off by default)")
-    resume: bool = option(False, "continue the newest unfinished sft run")
-    max_steps: int = option(150, "optimizer steps")
-    lr: float = option(1e-3, "peak learning rate")
-    warmup_steps: int = option(10, "linear warmup steps")
 
 
 def sft(ws: Workspace, cfg: SFTConfig, progress: bool = True) -> tuple[ModelVersion, TrainResult]:
