@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from transformers import (
@@ -79,3 +81,22 @@ def test_unsupported_backbones_run_unchanged() -> None:
     with last_layer_at(model.base_model, *one_row) as active:
         assert active is True and model.base_model.h[-1] is not layer
     assert model.base_model.h[-1] is layer  # restored on exit
+
+
+def test_threads_scoring_with_one_model_get_their_own_scores() -> None:
+    """`prefloop serve-reward` scores requests in a threadpool with one model: the stand-in
+    layer of one request must never serve another's forward pass."""
+    model = _model("gpt2").eval()
+    g = torch.Generator().manual_seed(2)
+    batches = []
+    for b in range(8):
+        lengths = torch.randint(1, 20, (b % 4 + 1,), generator=g).tolist()
+        rows = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in lengths]
+        batches.append(pad_batch(rows, PAD, "right" if b % 2 else "left"))
+    with torch.no_grad():
+        expected = [reward_forward(model, ids, mask) for ids, mask in batches]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(5):
+                got = list(pool.map(lambda batch: reward_forward(model, *batch), batches))
+                for scores, want in zip(got, expected, strict=True):
+                    assert torch.allclose(scores, want, atol=1e-5)

@@ -17,6 +17,7 @@ row read, H query heads, K key/value heads, D head size.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 _LLAMA_LIKE = ("llama", "qwen2")
+# The stand-in replaces the model's last layer for the duration of a forward pass, so two threads
+# scoring with one model (a FastAPI threadpool in `prefloop serve-reward`) must not overlap.
+_SWAP = threading.RLock()
 
 
 def _layers(backbone: nn.Module) -> nn.ModuleList | None:
@@ -132,21 +136,28 @@ def contiguous_keys(at: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tens
 
 @contextmanager
 def last_layer_at(
-    backbone: nn.Module, at: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor
+    backbone: nn.Module,
+    at: torch.Tensor,
+    keys: torch.Tensor | None,
+    valid: torch.Tensor | None = None,
 ) -> Iterator[bool]:
     """Within the block, `backbone`'s last layer computes its output only at the flat positions
     `at` (R,) (line * W + column, each a row's last token); `keys` (R, L) are the flat positions
     of each row's tokens (the ones its last token attends to; `valid` (R, L) marks the real
-    entries). Elsewhere the layer's output is zero. Yields whether that is in effect: an
-    unsupported backbone runs unchanged (yields False)."""
-    layers = _layers(backbone)
-    if layers is None or not supported(backbone):
-        yield False
-        return
-    original = layers[-1]
-    model_type = str(getattr(backbone.config, "model_type", ""))
-    layers[-1] = _ReadPositionsLayer(original, model_type, at, keys, valid)
-    try:
-        yield True
-    finally:
-        layers[-1] = original
+    entries). Elsewhere the layer's output is zero. Yields whether that is in effect: with
+    `keys=None` or an unsupported backbone the model runs unchanged (yields False).
+
+    Forward passes inside the block are serialized across threads (see _SWAP): run the whole
+    forward of a scoring call inside it, swapped or not."""
+    with _SWAP:
+        layers = _layers(backbone)
+        if keys is None or valid is None or layers is None or not supported(backbone):
+            yield False
+            return
+        original = layers[-1]
+        model_type = str(getattr(backbone.config, "model_type", ""))
+        layers[-1] = _ReadPositionsLayer(original, model_type, at, keys, valid)
+        try:
+            yield True
+        finally:
+            layers[-1] = original

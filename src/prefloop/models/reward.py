@@ -109,11 +109,8 @@ def _score_at(
     row's `keys` (flat positions (R, L) and which are real), the last layer runs at `at` only
     (models/last_layer.py)."""
     backbone = model.base_model
-    if keys is None:
+    with last_layer_at(backbone, at, *(keys or (None, None))):
         hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
-    else:
-        with last_layer_at(backbone, at, *keys):
-            hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
     return head(hidden.flatten(0, 1)[at]).squeeze(-1).float()  # (R,)
 
