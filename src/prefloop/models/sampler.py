@@ -131,7 +131,7 @@ def sample_tokens(
     width = min(k, CANDIDATES)
     # a row whose most likely token holds less than top_p / width cannot fit its nucleus in
     # the window: go straight to the bottom-k
-    flat = k == V and bool((logp.max(-1).values.exp() * width < top_p).any())
+    flat = k == V and bool((logp.amax(-1).exp() * width < top_p).any())  # amax: no indices
     if not flat:
         vals, idx = torch.topk(logp, width, dim=-1)  # sorted, descending
         probs = vals.exp()
@@ -181,20 +181,24 @@ def response_logits(
 class _TokenLogprob(torch.autograd.Function):
     """x[target] - logsumexp(x) with a hand-written backward: the gradient, target one-hot
     minus softmax, is built in one (B, R, V) buffer instead of autograd's zeros + scatter +
-    softmax + sum (the PPO learner's hottest full-vocabulary op)."""
+    softmax + sum (the PPO learner's hottest full-vocabulary op). The forward keeps the softmax
+    it computes anyway, so the backward needs no second pass of exp over the vocabulary."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        ctx.save_for_backward(x, targets, lse)
-        return (x.gather(-1, targets) - lse).squeeze(-1)
+        top = x.amax(dim=-1, keepdim=True)  # (B, R, 1)
+        e = (x - top).exp_()  # (B, R, V)
+        total = e.sum(dim=-1, keepdim=True)  # (B, R, 1)
+        out = (x.gather(-1, targets) - top - total.log()).squeeze(-1)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(e.div_(total), targets)  # softmax(x)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x, targets, lse = ctx.saved_tensors
+        softmax, targets = ctx.saved_tensors
         g = grad.unsqueeze(-1)
-        out = (x - lse).exp_().mul_(-g)  # -softmax(x) * grad
-        return out.scatter_add_(-1, targets, g), None
+        return softmax.mul(-g).scatter_add_(-1, targets, g), None
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
