@@ -117,6 +117,20 @@ def fuse_activation(config: Any) -> Any:
     return config
 
 
+# Families whose attention takes a ready (B, 1, Q, K) boolean mask (True = may attend) as is,
+# with SDPA attention: transformers 5 passes such a mask straight to the kernel. Tested on these
+# three (sampler log-probs, packed reward pairs); other models get 2-D masks.
+MASK_4D_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2"})
+
+
+def takes_4d_mask(model: torch.nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return (
+        getattr(config, "model_type", None) in MASK_4D_MODEL_TYPES
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+    )
+
+
 def load_model(ref: str, *, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a causal LM from a folder or hub id (safetensors only), float32, eval mode."""
     _check_exists(ref)

@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
 from prefloop.models.last_layer import contiguous_keys, last_layer_at
-from prefloop.models.lm import fuse_activation
+from prefloop.models.lm import fuse_activation, takes_4d_mask
 from prefloop.models.packing import PackedPairs
 
 NORMALIZATION_KEY = "reward_normalization"
@@ -116,17 +116,10 @@ def _score_at(
 
 
 # ---- packing (padding-free training) ------------------------------------------------------
-# Model families tested with packed pairs (an explicit block mask for SDPA attention and the
-# last layer at the read tokens): tests/models/test_reward_packing.py. Others are padded.
-PACKABLE_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2"})
-
-
 def can_pack(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return (
-        getattr(config, "model_type", None) in PACKABLE_MODEL_TYPES
-        and getattr(config, "_attn_implementation", None) == "sdpa"
-    )
+    """Packed pairs need an explicit block mask (and, for the speed, the last layer at the read
+    tokens): tested on the families of `takes_4d_mask`; other models are padded."""
+    return takes_4d_mask(model)
 
 
 def packed_reward_forward(model: PreTrainedModel, packed: PackedPairs) -> torch.Tensor:

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import context_length
+from prefloop.models.lm import context_length, takes_4d_mask
 from prefloop.models.sampling_params import SamplingParams
 
 
@@ -326,9 +326,12 @@ class Sampler:
         self.model.eval()
         ids, prompt_mask = left_pad(rows, self.pad_id)  # (B, P)
         (B, P), T = ids.shape, params.max_new_tokens
-        # every step's attention mask is a prefix of this one: no per-step concatenation
+        # every step's attention mask is a prefix of this one: no per-step concatenation; as a
+        # ready 4-D mask where the model takes one (saves transformers' per-step mask building)
         mask = torch.ones((B, P + T), dtype=torch.long)
         mask[:, :P] = prompt_mask
+        ready = takes_4d_mask(self.model)
+        step_mask = mask.bool()[:, None, None, :] if ready else mask  # (B, 1, 1, P+T) or (B, P+T)
         pos = position_ids(prompt_mask)
         cache = Cache(layer_class_to_replicate=functools.partial(PreallocatedLayer, P + T))  # type: ignore[arg-type]
         logits = self.model(
@@ -360,11 +363,12 @@ class Sampler:
                 break
             if not bool(going.all()):
                 keep = going.nonzero().squeeze(-1)
-                live, tok, next_pos, mask = live[keep], tok[keep], next_pos[keep], mask[keep]
+                live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
+                step_mask = step_mask[keep]
                 cache.batch_select_indices(keep)
             logits = self.model(
                 input_ids=tok[:, None],
-                attention_mask=mask[:, : P + t + 1],
+                attention_mask=step_mask[..., : P + t + 1],
                 position_ids=next_pos,
                 cache=cache,
                 use_cache=True,
