@@ -78,6 +78,12 @@ def test_unsupported_backbones_run_unchanged() -> None:
     model.config.attn_pdrop = 0.1  # attention dropout is not reproduced either
     assert not supported(model.base_model)
     model.config.attn_pdrop = 0.0
+    attn = model.base_model.h[-1].attn
+    plain = attn.c_attn
+    attn.c_attn = torch.nn.Sequential(plain)  # stands for an adapter-wrapped projection
+    assert not supported(model.base_model)
+    attn.c_attn = plain
+    assert supported(model.base_model)
     with last_layer_at(model.base_model, *one_row) as active:
         assert active is True and model.base_model.h[-1] is not layer
     assert model.base_model.h[-1] is layer  # restored on exit

@@ -39,16 +39,24 @@ def _layers(backbone: nn.Module) -> nn.ModuleList | None:
 
 def supported(backbone: nn.Module) -> bool:
     """Whether `backbone`'s last layer can be computed at the read positions only."""
-    config = getattr(backbone, "config", None)
+    config: Any = getattr(backbone, "config", None)
     model_type = getattr(config, "model_type", None)
-    if _layers(backbone) is None or getattr(backbone, "gradient_checkpointing", False):
+    layers = _layers(backbone)
+    if layers is None or getattr(backbone, "gradient_checkpointing", False):
         return False
     # Dropout inside the attention is not reproduced (reward models run with dropout off).
     if model_type == "gpt2":
-        return not config.add_cross_attention and config.attn_pdrop == config.resid_pdrop == 0  # type: ignore[union-attr]
+        # the query is sliced out of c_attn's weight: only a plain Conv1D (an adapter-wrapped
+        # one, e.g. LoRA, runs the full layer)
+        plain = type(getattr(layers[-1].attn, "c_attn", None)).__name__ == "Conv1D"
+        return (
+            plain
+            and not config.add_cross_attention
+            and config.attn_pdrop == config.resid_pdrop == 0
+        )
     if model_type in _LLAMA_LIKE:
         types = getattr(config, "layer_types", None) or ["full_attention"]
-        return types[-1] == "full_attention" and not config.attention_dropout  # type: ignore[union-attr]
+        return types[-1] == "full_attention" and not config.attention_dropout
     return False
 
 
