@@ -114,8 +114,8 @@ class RewardConfig(LoopConfig):
     group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
     pack_width: int = option(
         64,
-        "pack rows end to end in lines of this many tokens, no padding (0 = padded rows; "
-        "GPT-2, Llama and Qwen2 families only, others are padded)",
+        "pack pairs end to end in lines of this many tokens, each prompt once, no padding "
+        "(0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
     )
     max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
     lr: float = option(5e-4, "peak learning rate")
