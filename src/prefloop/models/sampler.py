@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -64,13 +65,18 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def right_pad(
-    rows: list[list[int]], pad_id: int, width: int | None = None
+    rows: Sequence[Sequence[float]],
+    pad_id: float,
+    width: int | None = None,
+    dtype: torch.dtype = torch.long,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, width) values of `dtype` (ids by default, or per-token floats) and attention mask,
+    padded on the right; `width` defaults to the longest row."""
     width = width if width is not None else max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=dtype)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids[i, : len(r)] = torch.tensor(r, dtype=dtype)
         mask[i, : len(r)] = 1
     return ids, mask
 

@@ -97,14 +97,6 @@ class PolicyAndValue(nn.Module):
         return head(hidden).squeeze(-1).float()
 
 
-def pad_floats(rows: list[list[float]], width: int) -> Tensor:
-    """(B, width) float tensor of ragged rows, zero-padded on the right."""
-    out = torch.zeros((len(rows), width))
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
-
-
 @dataclass
 class Rollout:
     """One batch of experience plus what to log about it."""
@@ -174,8 +166,9 @@ def make_experience(
     done = torch.tensor([finished[i] for i in keep])
 
     T = resp.shape[1]
-    old_logp = pad_floats([sampled.logprobs[i] for i in keep], T)
-    entropy = L.masked_mean(pad_floats([sampled.entropy[i] for i in keep], T), rmask)
+    old_logp = right_pad([sampled.logprobs[i] for i in keep], 0.0, T, torch.float32)[0]
+    entropy = right_pad([sampled.entropy[i] for i in keep], 0.0, T, torch.float32)[0]
+    entropy = L.masked_mean(entropy, rmask)
     values = nets.values(ids, mask, P)
     ref_logp = token_logprobs(response_logits(ref, ids, mask, T), resp, cfg.temperature) * rmask
 
