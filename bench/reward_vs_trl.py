@@ -31,7 +31,8 @@ PEER = str(Path(__file__).resolve().parent / "peers" / "trl_reward.py")
 
 
 def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
-    from prefloop.models.reward import can_pack, load_reward_model
+    from prefloop.models.lm import takes_4d_mask
+    from prefloop.models.reward import load_reward_model
     from prefloop.train.loop import LoopConfig, train
     from prefloop.train.reward import PairRecord, RewardConfig, RewardTask, encode_records
 
@@ -41,7 +42,7 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     rows = common.json.loads(setup.pairs.read_text())[: BATCH * total]
     records = [PairRecord(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     pairs = encode_records(records, tok, MAX_LENGTH)
-    pack = RewardConfig().pack_width if can_pack(model) else 0  # the default: packed rows
+    pack = RewardConfig().pack_width if takes_4d_mask(model) else 0  # the default: packed rows
     task = RewardTask(
         pairs, BATCH, grad_accum=1, seed=common.SEED, pack_width=pack, pad_id=tok.pad_token_id
     )

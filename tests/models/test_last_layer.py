@@ -71,7 +71,7 @@ def test_unsupported_backbones_run_unchanged() -> None:
     model = _model("gpt2")
     model.base_model.gradient_checkpointing = True  # the stand-in layer does not checkpoint
     layer = model.base_model.h[-1]
-    one_row = (torch.tensor([0]), torch.tensor([[0]]), torch.tensor([[True]]))
+    one_row = (torch.tensor([0]), (torch.tensor([[0]]), torch.tensor([[True]])))
     with last_layer_at(model.base_model, *one_row) as active:
         assert active is False and model.base_model.h[-1] is layer
     model.base_model.gradient_checkpointing = False

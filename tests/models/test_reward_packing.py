@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefloop.models.lm import build_model, save_pretrained
+from prefloop.models.lm import build_model, save_pretrained, takes_4d_mask
 from prefloop.models.packing import pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
-    can_pack,
     packed_reward_forward,
     reward_forward,
 )
@@ -58,7 +57,7 @@ def tokenizer():
 def test_packed_scores_and_gradients_equal_padded(family, tokenizer, tmp_path) -> None:
     sft = build_model(family, tokenizer, n_layer=2, n_embd=32, n_head=2, context=64)
     model = build_reward_model(save_pretrained(sft, tokenizer, tmp_path), tokenizer, seed=1)
-    assert can_pack(model)
+    assert takes_4d_mask(model)
     model.train()
     # prompts of different lengths; some responses start alike (shared beyond the prompt)
     records = [

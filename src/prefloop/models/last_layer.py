@@ -144,27 +144,24 @@ def contiguous_keys(at: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tens
 
 @contextmanager
 def last_layer_at(
-    backbone: nn.Module,
-    at: torch.Tensor,
-    keys: torch.Tensor | None,
-    valid: torch.Tensor | None = None,
+    backbone: nn.Module, at: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None
 ) -> Iterator[bool]:
     """Within the block, `backbone`'s last layer computes its output only at the flat positions
-    `at` (R,) (line * W + column, each a row's last token); `keys` (R, L) are the flat positions
-    of each row's tokens (the ones its last token attends to; `valid` (R, L) marks the real
-    entries). Elsewhere the layer's output is zero. Yields whether that is in effect: with
-    `keys=None` or an unsupported backbone the model runs unchanged (yields False).
+    `at` (R,) (line * W + column, each a row's last token); `keys` = (positions, valid), both
+    (R, L): the flat positions of each row's tokens (the ones its last token attends to) and
+    which entries are real. Elsewhere the layer's output is zero. Yields whether that is in
+    effect: with `keys=None` or an unsupported backbone the model runs unchanged (yields False).
 
     Forward passes inside the block are serialized across threads (see _SWAP): run the whole
     forward of a scoring call inside it, swapped or not."""
     with _SWAP:
         layers = _layers(backbone)
-        if keys is None or valid is None or layers is None or not supported(backbone):
+        if keys is None or layers is None or not supported(backbone):
             yield False
             return
         original = layers[-1]
         model_type = str(getattr(backbone.config, "model_type", ""))
-        layers[-1] = _ReadPositionsLayer(original, model_type, at, keys, valid)
+        layers[-1] = _ReadPositionsLayer(original, model_type, at, *keys)
         try:
             yield True
         finally:

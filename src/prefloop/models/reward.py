@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
 from prefloop.models.last_layer import contiguous_keys, last_layer_at
-from prefloop.models.lm import fuse_activation, takes_4d_mask
+from prefloop.models.lm import fuse_activation
 from prefloop.models.packing import PackedPairs
 
 NORMALIZATION_KEY = "reward_normalization"
@@ -80,8 +80,9 @@ def reward_forward(
     attention runs as one plain causal kernel instead of a masked one (faster in training).
     """
     check_reward_model(model)
-    idx = last_token_index(attention_mask)  # (B,)
-    lengths = attention_mask.long().sum(dim=1)  # (B,)
+    mask = attention_mask.long()
+    idx = last_token_index(mask)  # (B,)
+    lengths = mask.sum(dim=1)  # (B,)
     at = torch.arange(idx.shape[0], device=idx.device) * attention_mask.shape[1] + idx  # (B,)
     if right_padded:
         kwargs: dict[str, Any] = {}
@@ -92,7 +93,6 @@ def reward_forward(
         }
     # The last layer only at the read tokens, when each row's tokens are contiguous (padding on
     # one side, one run of 1s in the mask): the padded positions are then outside every row.
-    mask = attention_mask.long()
     runs = mask[:, 0] + (mask.diff(dim=1) == 1).sum(dim=1)  # (B,) runs of real tokens
     contiguous = bool((runs == 1).all())
     keys = contiguous_keys(at, lengths) if contiguous else None
@@ -109,22 +109,17 @@ def _score_at(
     row's `keys` (flat positions (R, L) and which are real), the last layer runs at `at` only
     (models/last_layer.py)."""
     backbone = model.base_model
-    with last_layer_at(backbone, at, *(keys or (None, None))):
+    with last_layer_at(backbone, at, keys):
         hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
     return head(hidden.flatten(0, 1)[at]).squeeze(-1).float()  # (R,)
 
 
 # ---- packing (padding-free training) ------------------------------------------------------
-def can_pack(model: nn.Module) -> bool:
-    """Packed pairs need an explicit block mask (and, for the speed, the last layer at the read
-    tokens): tested on the families of `takes_4d_mask`; other models are padded."""
-    return takes_4d_mask(model)
-
-
 def packed_reward_forward(model: PreTrainedModel, packed: PackedPairs) -> torch.Tensor:
     """Raw scores of packed pairs (models/packing.py), with gradients: equal to `reward_forward`
-    on the same rows padded (up to float rounding), for models `can_pack` accepts.  -> (2B,)"""
+    on the same rows padded (up to float rounding), for models `takes_4d_mask` accepts.
+    -> (2B,)"""
     check_reward_model(model)
     return _score_at(
         model,

@@ -26,11 +26,11 @@ from torch import nn
 
 from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
+from prefloop.models.lm import takes_4d_mask
 from prefloop.models.packing import pack_pairs
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
-    can_pack,
     encode_pairs,
     max_positions,
     packed_reward_forward,
@@ -177,7 +177,7 @@ class RewardTask:
 
     Batch `step` is a deterministic function of (seed, step), so a resumed run sees the same data.
     With `pack_width` > 0 the rows of a micro-batch are packed without padding (the model must
-    be one `can_pack` accepts); the loss is the same up to float rounding.
+    be one `takes_4d_mask` accepts); the loss is the same up to float rounding.
     """
 
     pairs: EncodedPairs
@@ -315,7 +315,7 @@ def train_reward_model(
             pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
         task = RewardTask(
             pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef,
-            cfg.group_by_length, cfg.pack_width if can_pack(model) else 0, pad_id,
+            cfg.group_by_length, cfg.pack_width if takes_4d_mask(model) else 0, pad_id,
         )  # fmt: skip
         loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
         member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
