@@ -1,9 +1,12 @@
-"""Every stage's settings, in one torch-free module.
+"""The settings of the training and evaluation stages (the loop, pretrain, sft, reward, ppo,
+eval), in one torch-free module.
 
 Each dataclass field is a command-line flag (`prefloop.config.option`: default and help), a key
 of the stage's section in the workspace's config.yaml, and an attribute the stage reads. They
-live here rather than beside their stage's code so that `prefloop <stage> --help` and config
-checks start without importing torch and transformers (a few seconds).
+live here rather than beside their stage's code, which imports torch, so that
+`prefloop <stage> --help` starts without importing torch and transformers (a few seconds). The
+sampler's settings are torch-free beside it (models/sampling_params.py); light stages (pairs,
+label, score, generate, demo) keep theirs with their code.
 """
 
 from __future__ import annotations
