@@ -6,7 +6,8 @@
 Both sides: policy and reference from the same causal-LM weights, reward = the same sequence
 classifier (num_labels=1), value = a separate copy of the reward model; tiny: 16 prompts, 24
 response tokens; 20m: 32 prompts, 48 response tokens; 4 PPO epochs, 1 minibatch, kl_coef 0.05,
-temperature 1.0, stop at EOS, no missing-EOS penalty, float32 on CPU, dropout off. One step =
+temperature 1.0, stop at EOS, no missing-EOS penalty, float32 on CPU (or, with `--bf16`, each
+side's bf16 setting: prefloop's `PpoConfig.bf16`, TRL's `PPOConfig(bf16=True)`), dropout off. One step =
 one rollout (generate, score, reference log-probs, values, GAE) + 4 epochs of updates; step time
 is the wall clock between step ends (TRL: `on_step_end` callback; prefloop: the loop's step end
 after the rollout's last minibatch). TRL runs from bench/.venv-trl112 (see docs/benchmarks.md).
@@ -28,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 PEER = [str(HERE / ".venv-trl112" / "bin" / "python"), str(HERE / "peers" / "trl_ppo.py")]
 
 
-def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
+def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
     from prefloop.models.lm import load_model_and_tokenizer
     from prefloop.train.loop import train
     from prefloop.train.ppo import PpoConfig, PpoTask, build_value_model, dropout_off, frozen
@@ -51,6 +52,7 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
         penalize_missing_eos=False,
         checkpoint_every=0,
         seed=common.SEED,
+        bf16=bf16,
     )
     policy, tok = load_model_and_tokenizer(str(setup.policy))
     ref, _ = load_model_and_tokenizer(str(setup.policy))
@@ -73,6 +75,7 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
     return {
         "side": "prefloop",
         "size": size,
+        "bf16": bf16,
         "params_policy": common.count_params(policy),
         **s,
         "ppo_epochs": common.PPO_EPOCHS,
@@ -84,9 +87,9 @@ def run_prefloop(size: str, steps: int, warmup: int) -> dict[str, Any]:
     }
 
 
-def compare(size: str, repeats: int, steps: int, warmup: int) -> dict[str, Any]:
+def compare(size: str, repeats: int, steps: int, warmup: int, bf16: bool) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"prefloop": [], "trl": []}
-    n = ["--size", size, "--steps", str(steps), "--warmup", str(warmup)]
+    n = ["--size", size, "--steps", str(steps), "--warmup", str(warmup), *(["--bf16"] * bf16)]
     for _ in range(repeats):
         runs["prefloop"].append(
             common.run_side([sys.executable, __file__, "--side", "prefloop", *n])
@@ -102,6 +105,7 @@ def compare(size: str, repeats: int, steps: int, warmup: int) -> dict[str, Any]:
             "ppo_epochs": common.PPO_EPOCHS,
             "minibatches": common.PPO_MINIBATCHES,
             "kl_coef": common.KL_COEF,
+            "bf16": bf16,
         },
         **summary,
     }
@@ -114,11 +118,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="both sides with their bf16 setting")
     ap.add_argument("--out", default="ppo_vs_trl.json", help="results file under bench/results/")
     args = ap.parse_args()
     common.apply_threads()
     if args.side:
-        common.emit(run_prefloop(args.size or "tiny", args.steps, args.warmup))
+        common.emit(run_prefloop(args.size or "tiny", args.steps, args.warmup, args.bf16))
         return
     out: dict[str, Any] = {"target": "prefloop median PPO step >= 3x faster, peak RSS no higher"}
     print(
@@ -126,7 +131,7 @@ def main() -> None:
         "(min-max) | speedup | prefloop RSS MB | TRL RSS MB |\n|---|---|---|---|---|---|---|"
     )
     for size in [args.size] if args.size else ["tiny", "20m"]:
-        r = compare(size, args.repeats, args.steps, args.warmup)
+        r = compare(size, args.repeats, args.steps, args.warmup, args.bf16)
         out[size] = r
         a, b, s = r["a"]["step"], r["b"]["step"], r["settings"]
         print(

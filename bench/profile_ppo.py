@@ -1,6 +1,6 @@
 """Where prefloop's PPO step spends its time: wall clock per phase (not a comparison).
 
-    .venv/bin/python bench/profile_ppo.py --size tiny [--ops]
+    .venv/bin/python bench/profile_ppo.py --size tiny [--ops] [--bf16]
 
 Runs the same setup as bench/ppo_vs_trl.py (prefloop side) with timers wrapped around each
 phase: sampling, reward scoring (decode + re-tokenize + forward), the policy+value and reference
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(common.SIZES), default="tiny")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--ops", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="PpoConfig(bf16=True)")
     args = ap.parse_args()
     common.apply_threads()
     patch()
@@ -101,7 +102,7 @@ def main() -> None:
         if args.ops
         else None
     )
-    result = ppo_vs_trl.run_prefloop(args.size, args.steps, 1)
+    result = ppo_vs_trl.run_prefloop(args.size, args.steps, 1, args.bf16)
     if prof is not None:
         prof.stop()
     total = sum(result["step_seconds"])

@@ -134,6 +134,7 @@ def main() -> None:
         action="store_true",
         help="float32 only (bf16 is slow on CPUs without AVX512-BF16)",
     )
+    ap.add_argument("--out", default="reward_vs_trl.json", help="results file under bench/results/")
     args = ap.parse_args()
     common.apply_threads()
     if args.side:
@@ -161,7 +162,7 @@ def main() -> None:
             f"{h['b']['peak_rss_mb']:.0f} |",
             flush=True,
         )
-    print(f"wrote {common.write_json('reward_vs_trl.json', out)}")
+    print(f"wrote {common.write_json(args.out, out)}")
 
 
 if __name__ == "__main__":

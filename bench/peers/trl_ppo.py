@@ -3,8 +3,9 @@
 Run it with the TRL 1.12 environment (bench/.venv-trl112), e.g.
     bench/.venv-trl112/bin/python bench/peers/trl_ppo.py --size tiny
 Separate policy, reference, reward (sequence classifier, num_labels=1) and value models loaded from
-the files bench/common.py writes; float32, no bf16, no gradient checkpointing. Step time = wall
-clock between consecutive `on_step_end` callbacks; the first `--warmup` steps are excluded.
+the files bench/common.py writes; float32 (or `--bf16`: PPOConfig(bf16=True)), no gradient
+checkpointing. Step time = wall clock between consecutive `on_step_end` callbacks; the first
+`--warmup` steps are excluded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(common.SIZES), default="tiny")
     ap.add_argument("--steps", type=int, default=8, help="timed steps (after warmup)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="PPOConfig(bf16=True)")
     args = ap.parse_args()
     common.apply_threads()
     torch.manual_seed(common.SEED)
@@ -68,7 +70,7 @@ def main() -> None:
             kl_coef=common.KL_COEF,
             temperature=common.TEMPERATURE,
             stop_token="eos",
-            bf16=False,
+            bf16=args.bf16,
             fp16=False,
             gradient_checkpointing=False,
             use_cpu=True,
@@ -108,6 +110,7 @@ def main() -> None:
             "peer_version": version("trl"),
             "trainer": "PPOTrainer",
             "size": args.size,
+            "bf16": args.bf16,
             "params_policy": common.count_params(policy),
             **cfg,
             "ppo_epochs": common.PPO_EPOCHS,

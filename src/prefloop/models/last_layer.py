@@ -66,8 +66,8 @@ def _attend(
 ) -> torch.Tensor:  # fmt: skip
     """One query per read row over its row's keys.  q (R, H, D), k/v (N*W, K, D) -> (R, H*D)"""
     heads, kv_heads = q.shape[1], k.shape[1]
-    keys = k[rows].transpose(1, 2)  # (R, K, L, D)
-    values = v[rows].transpose(1, 2)  # (R, K, L, D)
+    keys = _rows(k, rows).transpose(1, 2)  # (R, K, L, D)
+    values = _rows(v, rows).transpose(1, 2)  # (R, K, L, D)
     if kv_heads != heads:  # grouped-query attention: each key/value head serves H/K query heads
         keys = keys.repeat_interleave(heads // kv_heads, dim=1)
         values = values.repeat_interleave(heads // kv_heads, dim=1)
@@ -75,6 +75,12 @@ def _attend(
         q.unsqueeze(2), keys, values, attn_mask=valid[:, None, None, :], scale=scale
     )  # (R, H, 1, D)
     return out.flatten(1)  # (R, H*D)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] along dim 0 for an index of any shape, through index_select: its backward is
+    an index_add, ~6x faster on CPU than the accumulating index_put of x[index]'s backward."""
+    return x.index_select(0, index.flatten()).view(*index.shape, *x.shape[1:])
 
 
 class _ReadPositionsLayer(nn.Module):
@@ -109,11 +115,11 @@ class _ReadPositionsLayer(nn.Module):
         d = attn.head_dim
         x = layer.ln_1(flat)  # (N*W, C)
         w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: (C, 3C), (3C,)
-        q = torch.addmm(b[:c], x[self.at], w[:, :c])  # (R, C)
+        q = torch.addmm(b[:c], _rows(x, self.at), w[:, :c])  # (R, C)
         kv = torch.addmm(b[c:], x, w[:, c:])  # (N*W, 2C)
         k, v = kv.view(-1, 2, c // d, d).unbind(1)  # (N*W, H, D) each
         a = _attend(q.view(-1, c // d, d), k, v, self.rows, self.valid, attn.scaling)
-        h = flat[self.at] + attn.c_proj(a)  # (R, C)
+        h = _rows(flat, self.at) + attn.c_proj(a)  # (R, C)
         return h + layer.mlp(layer.ln_2(h))
 
     def _llama(self, flat: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -123,13 +129,13 @@ class _ReadPositionsLayer(nn.Module):
         attn = layer.self_attn
         d = attn.head_dim
         x = layer.input_layernorm(flat)  # (N*W, C)
-        q = attn.q_proj(x[self.at]).unflatten(-1, (-1, d))  # (R, H, D)
+        q = attn.q_proj(_rows(x, self.at)).unflatten(-1, (-1, d))  # (R, H, D)
         k = attn.k_proj(x).unflatten(-1, (-1, d))  # (N*W, K, D)
         v = attn.v_proj(x).unflatten(-1, (-1, d))  # (N*W, K, D)
-        q = q * cos[self.at] + rotate_half(q) * sin[self.at]
+        q = q * _rows(cos, self.at) + rotate_half(q) * _rows(sin, self.at)
         k = k * cos + rotate_half(k) * sin
         a = _attend(q, k, v, self.rows, self.valid, attn.scaling)
-        h = flat[self.at] + attn.o_proj(a)  # (R, C)
+        h = _rows(flat, self.at) + attn.o_proj(a)  # (R, C)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
 

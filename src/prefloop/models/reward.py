@@ -112,7 +112,7 @@ def _score_at(
     with last_layer_at(backbone, at, keys):
         hidden = backbone(**inputs, use_cache=False).last_hidden_state  # (N, W, C)
     head: nn.Linear = model.score  # type: ignore[assignment]
-    return head(hidden.flatten(0, 1)[at]).squeeze(-1).float()  # (R,)
+    return head(hidden.flatten(0, 1).index_select(0, at)).squeeze(-1).float()  # (R,)
 
 
 # ---- packing (padding-free training) ------------------------------------------------------

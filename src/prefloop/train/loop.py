@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from prefloop.configs import LoopConfig
 from prefloop.errors import PrefloopError
+from prefloop.models import attention
 from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -109,6 +110,8 @@ def train(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device.type if params else "cpu"
+    if cfg.bf16 and device == "cpu":
+        attention.install()  # CPU bf16 attention backward is slow: run it in float32
     t0 = time.perf_counter()
     bar = tqdm(
         total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True
@@ -118,11 +121,12 @@ def train(
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        batches = task.microbatches(step)
+        with _autocast(device, cfg):  # a task that makes experience (PPO) does it here
+            batches = task.microbatches(step)
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for batch in batches:
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with _autocast(device, cfg):
                 loss, metrics = task.loss(model, batch)
             if not _finite(loss.item()):
                 _halt(f"loss is {loss.item()} at step {step + 1}", last_good)
@@ -164,6 +168,10 @@ def train(
     result.seconds = time.perf_counter() - t0
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
     return result
+
+
+def _autocast(device: str, cfg: LoopConfig) -> torch.autocast:
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
 def _evaluate(
