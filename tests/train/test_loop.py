@@ -71,6 +71,26 @@ def test_bf16_autocast_lowers_the_loss_and_keeps_float32_weights(
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+class _RecordsAutocast(LanguageModelingTask):
+    """Notes whether batches are made under autocast (PPO makes its experience there)."""
+
+    seen: list[bool]
+
+    def microbatches(self, step):
+        self.seen.append(torch.is_autocast_enabled("cpu"))
+        return super().microbatches(step)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batches_are_made_under_the_same_autocast_as_the_loss(
+    bf16, make_model, tokenizer, texts, tmp_path
+):
+    task = _RecordsAutocast(_rows(tokenizer, texts), [], 16, 1, tokenizer.pad_token_id)
+    task.seen = []
+    train(make_model("gpt2"), task, _cfg(max_steps=2, bf16=bf16), tmp_path, progress=False)
+    assert task.seen == [bf16, bf16]
+
+
 def test_warmup_then_cosine_to_floor():
     cfg = LoopConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1)
