@@ -65,9 +65,7 @@ def patch() -> None:
     ppo.PpoTask.loss = timed("learn: loss (forward + loss terms)", ppo.PpoTask.loss)
     torch.Tensor.backward = timed("learn: backward", torch.Tensor.backward)
     torch.optim.AdamW.step = timed("learn: AdamW step", torch.optim.AdamW.step)
-    loop.torch.nn.utils.clip_grad_norm_ = timed(
-        "learn: clip grad norm", torch.nn.utils.clip_grad_norm_
-    )
+    loop.clip_grad_norm = timed("learn: clip grad norm", loop.clip_grad_norm)
 
 
 def main() -> None:

@@ -160,3 +160,24 @@ def test_resume_from_checkpoint_equals_uninterrupted(make_model, tokenizer, text
     )
     for (name, pa), pb in zip(full.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 1e-3, 1e3])
+def test_clip_grad_norm_matches_torch(max_norm):
+    from prefloop.train.loop import clip_grad_norm
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.zeros(n, requires_grad=True) for n in (5, 300, 1)] + [torch.zeros(4, 3).t()]
+    for p in ours:
+        p.grad = torch.randn(p.shape, generator=g)
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    for a, b in zip(ours, theirs, strict=True):
+        b.grad = a.grad.clone()
+    unclipped = [p.grad.clone() for p in ours]
+    norm = clip_grad_norm(ours, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
+    torch.testing.assert_close(norm, expected)
+    for a, b, before in zip(ours, theirs, unclipped, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+        if max_norm != 1e-3:  # not clipped: left bitwise as they were
+            assert torch.equal(a.grad, before)

@@ -2,7 +2,7 @@
 
 Autocast runs `scaled_dot_product_attention` in bf16. On CPU (torch 2.13) the flash-attention
 forward is as fast in bf16 as in float32, but its backward is about 4x slower (23 vs 6.6 ms for
-32 x 8 heads x 52 tokens x 64; bench/README.md), and a bf16 PPO step at 21M spent a fifth of its
+32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md), and a bf16 PPO step at 21M spent a fifth of its
 time there. So while gradients are on, CPU bf16 attention is computed in float32 (also the more
 precise) and its output handed back in bf16; everything else goes to transformers' SDPA as is.
 

@@ -74,6 +74,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The global L2 norm of the gradients, scaled down in place to `max_norm` when above it
+    (0 = never): torch's clip_grad_norm_, with each squared norm as a dot product (~2x faster
+    than vector_norm on CPU) and no rescaling pass when nothing is clipped (torch multiplies
+    by 1.0)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    flat = [g.reshape(-1) for g in grads]
+    norm = torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt()
+    if max_norm and math.isfinite(total := float(norm)) and total > max_norm:
+        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+    return norm
+
+
 def _finite(x: float) -> bool:
     return math.isfinite(x)
 
@@ -133,7 +148,7 @@ def train(
             (loss / len(batches)).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        norm = clip_grad_norm(params, cfg.max_grad_norm)
         if not _finite(float(norm)):
             _halt(f"gradient norm is {float(norm)} at step {step + 1}", last_good)
         opt.step()
