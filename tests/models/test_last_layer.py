@@ -14,7 +14,8 @@ from transformers import (
 )
 
 from prefloop.models.last_layer import last_layer_at, supported
-from prefloop.models.reward import last_token_index, pad_batch, reward_forward
+from prefloop.models.lm import pad_rows
+from prefloop.models.reward import last_token_index, reward_forward
 
 VOCAB, PAD = 50, 0
 
@@ -51,7 +52,7 @@ def test_scores_and_gradients_equal_the_full_forward(family, side) -> None:
     assert supported(model.base_model)
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (7, 3, 12, 1, 9)]
-    ids, mask = pad_batch(rows, PAD, side)
+    ids, mask = pad_rows(rows, PAD, side)
     weights = torch.arange(1.0, len(rows) + 1)
 
     def run(fn):
@@ -98,7 +99,7 @@ def test_threads_scoring_with_one_model_get_their_own_scores() -> None:
     for b in range(8):
         lengths = torch.randint(1, 20, (b % 4 + 1,), generator=g).tolist()
         rows = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in lengths]
-        batches.append(pad_batch(rows, PAD, "right" if b % 2 else "left"))
+        batches.append(pad_rows(rows, PAD, "right" if b % 2 else "left"))
     with torch.no_grad():
         expected = [reward_forward(model, ids, mask) for ids, mask in batches]
         with ThreadPoolExecutor(4) as pool:

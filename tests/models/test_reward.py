@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import build_model, save_pretrained
+from prefloop.models.lm import build_model, pad_rows, save_pretrained
 from prefloop.models.reward import (
     RewardEnsemble,
     build_reward_model,
@@ -18,7 +18,6 @@ from prefloop.models.reward import (
     last_token_index,
     load_reward_ensemble,
     load_reward_model,
-    pad_batch,
     read_normalization,
     reward_forward,
     score,
@@ -65,11 +64,19 @@ def test_last_token_index_right_left_and_unpadded() -> None:
         last_token_index(torch.tensor([[0, 0]]))
 
 
-def test_pad_batch_sides() -> None:
-    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
+def test_pad_rows_sides() -> None:
+    ids, mask = pad_rows([[5, 6, 7], [8]], pad=0, side="left")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="right")
+    ids, mask = pad_rows([[5, 6, 7], [8]], pad=0, side="right")
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    # per-token floats to a fixed width; an empty row is all padding
+    values, mask = pad_rows([[0.5], []], pad=-1.0, width=3, dtype=torch.float32)
+    assert values.tolist() == [[0.5, -1.0, -1.0], [-1.0] * 3] and mask.tolist() == [
+        [1, 0, 0],
+        [0] * 3,
+    ]
+    with pytest.raises(ValueError, match="padding side"):
+        pad_rows([[1]], 0, side="middle")
 
 
 def test_build_from_sft_checkpoint(sft_dir, tokenizer) -> None:
@@ -106,7 +113,7 @@ def test_scores_do_not_depend_on_batch_composition_or_padding_side(reward_dir) -
 def test_right_padded_fast_path_matches_the_masked_path(reward_dir) -> None:
     model, tok = load_reward_model(reward_dir)
     rows = [encode_pair(tok, p, r, 64) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
-    ids, mask = pad_batch(rows, tok.pad_token_id, side="right")
+    ids, mask = pad_rows(rows, tok.pad_token_id, side="right")
     with torch.no_grad():
         masked = reward_forward(model, ids, mask)
         fast = reward_forward(model, ids, mask, right_padded=True)
@@ -117,7 +124,7 @@ def test_plain_transformers_loads_the_checkpoint_with_identical_scores(reward_di
     ours, tok = load_reward_model(reward_dir)
     plain = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1).eval()
     rows = [encode_pair(tok, p, r, 64) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
-    ids, mask = pad_batch(rows, tok.pad_token_id, side="right")
+    ids, mask = pad_rows(rows, tok.pad_token_id, side="right")
     with torch.no_grad():
         hf = plain(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
     raw = score(ours, tok, PROMPTS, RESPONSES, raw=True)
@@ -150,7 +157,7 @@ def test_causal_lm_is_refused_with_a_clear_error(sft_dir, tokenizer) -> None:
 def test_gradients_flow_to_head_and_backbone(reward_dir) -> None:
     model, tok = load_reward_model(reward_dir)
     model.train()
-    ids, mask = pad_batch([encode_pair(tok, "a", "great", 64)], tok.pad_token_id)
+    ids, mask = pad_rows([encode_pair(tok, "a", "great", 64)], tok.pad_token_id)
     reward_forward(model, ids, mask).sum().backward()
     assert model.score.weight.grad is not None and model.score.weight.grad.abs().sum() > 0
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0

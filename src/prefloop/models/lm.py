@@ -7,6 +7,7 @@ safetensors only, and `trust_remote_code` stays off unless the user turns it on.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,28 @@ def fuse_activation(config: Any) -> Any:
         if getattr(config, key, None) == "gelu_new":
             setattr(config, key, "gelu_pytorch_tanh")
     return config
+
+
+def pad_rows(
+    rows: Sequence[Sequence[float]],
+    pad: float,
+    side: str = "right",
+    width: int | None = None,
+    dtype: torch.dtype = torch.long,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids (or per-token floats, with `dtype`) padded on `side` to `width` (default: the
+    longest row) -> (values, attention mask), both (B, width); the mask is long, 1 on real tokens."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    width = width if width is not None else max((len(r) for r in rows), default=0)
+    values = torch.full((len(rows), width), pad, dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+            values[i, span] = torch.tensor(row, dtype=dtype)
+            mask[i, span] = 1
+    return values, mask
 
 
 # Families whose attention takes a ready (B, 1, Q, K) boolean mask (True = may attend) as is,

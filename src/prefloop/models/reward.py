@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
 from prefloop.models.last_layer import contiguous_keys, last_layer_at
-from prefloop.models.lm import fuse_activation
+from prefloop.models.lm import fuse_activation, pad_rows
 from prefloop.models.packing import PackedPairs
 
 NORMALIZATION_KEY = "reward_normalization"
@@ -175,22 +175,6 @@ def encode_pairs(
     return out
 
 
-def pad_batch(
-    rows: Sequence[Sequence[int]], pad_id: int, side: str = "right"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad id lists to the longest row -> (input_ids, attention_mask), both (B, T) long."""
-    if side not in ("left", "right"):
-        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
 def max_positions(model: PreTrainedModel) -> int:
     cfg = model.config
     for name in ("n_positions", "max_position_embeddings"):
@@ -254,7 +238,7 @@ def score(
     side = str(padding_side or getattr(tokenizer, "padding_side", None) or "right")
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        ids, mask = pad_batch([rows[i] for i in chunk], pad_id, side)
+        ids, mask = pad_rows([rows[i] for i in chunk], pad_id, side)
         out[chunk] = reward_forward(model, ids.to(device), mask.to(device)).cpu()
     model.train(was_training)
     if raw:

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import context_length, takes_4d_mask
+from prefloop.models.lm import context_length, pad_rows, takes_4d_mask
 from prefloop.models.sampling_params import SamplingParams
 
 
@@ -54,14 +54,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) ids and attention mask, padded on the left so every prompt ends at column P-1."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
+    return pad_rows(rows, pad_id, "left")
 
 
 def right_pad(
@@ -72,13 +65,7 @@ def right_pad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, width) values of `dtype` (ids by default, or per-token floats) and attention mask,
     padded on the right; `width` defaults to the longest row."""
-    width = width if width is not None else max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_id, dtype=dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=dtype)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    return pad_rows(rows, pad_id, "right", width, dtype)
 
 
 # Nucleus sampling looks at the top candidates first: a trained model's nucleus almost always

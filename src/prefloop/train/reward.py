@@ -26,7 +26,7 @@ from torch import nn
 
 from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import takes_4d_mask
+from prefloop.models.lm import pad_rows, takes_4d_mask
 from prefloop.models.packing import pack_pairs
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
@@ -34,7 +34,6 @@ from prefloop.models.reward import (
     encode_pairs,
     max_positions,
     packed_reward_forward,
-    pad_batch,
     reward_forward,
     set_normalization,
 )
@@ -146,7 +145,7 @@ def encode_records(
         tokenizer, contexts + contexts, [r.chosen for r in records] + [r.rejected for r in records],
         max_length,
     )  # fmt: skip
-    rows, mask = pad_batch(ids, pad_id) if ids else (torch.zeros(0, 1), torch.zeros(0, 1))
+    rows, mask = pad_rows(ids, pad_id) if ids else (torch.zeros(0, 1), torch.zeros(0, 1))
     strength = torch.tensor([float(r.strength or 0) for r in records])
     tie = torch.tensor([r.tie for r in records], dtype=torch.bool)
     return EncodedPairs(rows.long(), mask.sum(1), tie, torch.where(tie, 0.0, margin * strength))
