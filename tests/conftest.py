@@ -65,6 +65,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def transformers_sdpa():
+    """Whatever a test registers as transformers' "sdpa" attention (a bf16 CPU training run
+    installs prefloop.models.attention) is undone after it: no test depends on test order."""
+    from transformers import AttentionInterface
+
+    mapping = AttentionInterface._global_mapping
+    before = mapping["sdpa"]
+    yield
+    mapping["sdpa"] = before
+
+
 @pytest.fixture(scope="session")
 def texts() -> list[str]:
     return _texts(400)

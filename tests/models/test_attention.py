@@ -43,6 +43,46 @@ def test_bf16_under_grad_is_float32_attention() -> None:
     assert not torch.equal(out, plain)
 
 
+def test_bf16_additive_mask_and_float32_rope_query() -> None:
+    """Llama-family RoPE leaves q and k float32 and only v bf16 under autocast; an additive
+    mask may come in bf16. Both still take the float32 path and give float32 attention."""
+    q, k, v = _qkv(torch.bfloat16)
+    q32, k32 = (t.detach().float().requires_grad_() for t in (q, k))
+    mask = torch.zeros(3, 1, 9, 9).masked_fill(torch.ones(9, 9).triu(1).bool(), -1e4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention.sdpa_float32_backward(_Attn(), q32, k32, v, mask)
+    assert out.dtype == torch.bfloat16
+    expected, _ = sdpa_attention_forward(_Attn(), q32, k32, v.float(), mask.float())
+    assert torch.equal(out, expected.bfloat16())
+    out.float().sum().backward()
+    assert q32.grad is not None and v.grad is not None and v.grad.dtype == torch.bfloat16
+
+
+def test_a_bf16_llama_trains_with_float32_attention(monkeypatch) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    seen: list[tuple[torch.dtype, ...]] = []
+    inner = attention.sdpa_attention_forward
+
+    def spy(module, q, k, v, mask, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return inner(module, q, k, v, mask, **kw)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    attention.install()
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, num_hidden_layers=2, max_position_embeddings=32,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert len(seen) == 2  # one call per layer, each on the float32 path
+    assert all(dtypes == (torch.float32,) * 3 for dtypes in seen)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_other_calls_pass_through(dtype: torch.dtype) -> None:
     q, k, v = _qkv(dtype)

@@ -5,6 +5,10 @@ forward is as fast in bf16 as in float32, but its backward is about 4x slower (2
 32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md), and a bf16 PPO step at 21M spent a fifth of its
 time there. So while gradients are on, CPU bf16 attention is computed in float32 (also the more
 precise) and its output handed back in bf16; everything else goes to transformers' SDPA as is.
+"bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
+under autocast, so there only the value arrives in bf16 (autocast would cast all three down).
+Sampling and scoring run without grad and keep bf16 attention (its forward is as fast); the
+learner's log-probs then differ from the sampler's by bf16 rounding, as they would anyway.
 
 `install()` registers the wrapper as transformers' "sdpa" attention (its documented extension
 point, `AttentionInterface.register`); the training loop calls it when a bf16 run starts on CPU.
@@ -28,7 +32,8 @@ def sdpa_float32_backward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """transformers' `sdpa_attention_forward`, in float32 for bf16 CPU tensors under grad."""
-    slow = query.dtype == torch.bfloat16 and query.device.type == "cpu" and torch.is_grad_enabled()
+    bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
+    slow = bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
     if not slow:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
@@ -37,7 +42,7 @@ def sdpa_float32_backward(
         out, weights = sdpa_attention_forward(
             module, query.float(), key.float(), value.float(), attention_mask, **kwargs
         )
-    return out.to(query.dtype), weights
+    return out.to(torch.bfloat16), weights  # what autocast's own bf16 attention returns
 
 
 def install() -> None:

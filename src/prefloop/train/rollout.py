@@ -199,8 +199,10 @@ def make_experience(
     metrics["charts/kl_coef"] = kl_coef
     metrics["charts/dropped_samples"] = float(len(prompts) - len(keep))
     kept_texts = [texts[i] for i in keep]
-    if gold is not None:
-        metrics["charts/gold"] = float(gold.score([prompts[i] for i in keep], kept_texts).nanmean())
+    if gold is not None:  # a logged yardstick: full precision whatever autocast the run uses
+        with torch.autocast(ids.device.type, enabled=False):
+            gold_scores = gold.score([prompts[i] for i in keep], kept_texts)
+        metrics["charts/gold"] = float(gold_scores.nanmean())
     samples = [
         {"prompt": prompts[i], "response": t, "score": float(s)}
         for i, t, s in zip(keep, kept_texts, scores.tolist(), strict=True)
