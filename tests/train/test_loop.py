@@ -187,3 +187,21 @@ def test_clip_grad_norm_matches_torch(max_norm):
         torch.testing.assert_close(a.grad, b.grad)
         if max_norm != 1e-3:  # not clipped: left bitwise as they were
             assert torch.equal(a.grad, before)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_on_a_cpu_without_bf16_arithmetic_warns(
+    has_bf16, monkeypatch, make_model, tokenizer, texts, tmp_path
+):
+    import warnings
+
+    import prefloop.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_computes_bf16", lambda: has_bf16)
+    task = LanguageModelingTask(_rows(tokenizer, texts), [], 16, 1, tokenizer.pad_token_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(make_model("gpt2"), task, _cfg(bf16=True), tmp_path, progress=False)
+    emulated = [w for w in caught if "emulated" in str(w.message)]
+    assert len(emulated) == (0 if has_bf16 else 1)
+

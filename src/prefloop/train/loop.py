@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +90,16 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Ten
     return norm
 
 
+def cpu_computes_bf16() -> bool | None:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), from /proc/cpuinfo's flags;
+    None where that file does not exist (not Linux)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _finite(x: float) -> bool:
     return math.isfinite(x)
 
@@ -127,6 +138,12 @@ def train(
     device = params[0].device.type if params else "cpu"
     if cfg.bf16 and device == "cpu":
         attention.install()  # CPU bf16 attention backward is slow: run it in float32
+        if cpu_computes_bf16() is False:
+            warnings.warn(
+                "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "
+                "float32: consider --no-bf16",
+                stacklevel=2,
+            )
     t0 = time.perf_counter()
     bar = tqdm(
         total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True
