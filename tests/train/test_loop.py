@@ -204,4 +204,3 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_warns(
         train(make_model("gpt2"), task, _cfg(bf16=True), tmp_path, progress=False)
     emulated = [w for w in caught if "emulated" in str(w.message)]
     assert len(emulated) == (0 if has_bf16 else 1)
-
