@@ -73,7 +73,7 @@ class PolicyAndValue(nn.Module):
         logits = out.logits  # (B, T, V)
         if self.value_head is not None:
             hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]  # (B, T, C)
-            return logits, self.value_head(hidden).squeeze(-1)
+            return logits, self.value_head(hidden).squeeze(-1).float()
         return logits, self.values(ids, mask, prompt_len)
 
     def values(self, ids: Tensor, mask: Tensor, prompt_len: int) -> Tensor:
@@ -89,7 +89,8 @@ class PolicyAndValue(nn.Module):
                 output_hidden_states=True,
                 logits_to_keep=1,
             )
-            return self.value_head(out.hidden_states[-1][:, prompt_len - 1 : -1]).squeeze(-1)
+            hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]  # (B, T, C)
+            return self.value_head(hidden).squeeze(-1).float()
         hidden = self.value_model.base_model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
         ).last_hidden_state[:, prompt_len - 1 : -1]
