@@ -166,3 +166,20 @@ def test_token_logprobs_value_and_gradient_match_log_softmax(temperature: float)
     (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
     (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
     assert torch.allclose(grad_got, grad_expected, atol=1e-6)
+
+
+def test_token_logprobs_of_bf16_logits_are_float32_with_a_bf16_gradient() -> None:
+    """Under bf16 autocast the LM head's logits arrive in bf16: the log-probs are computed in
+    float32 from them (as log_softmax(x.float()) would), and the gradient flows back in bf16."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 64, generator=g).bfloat16().requires_grad_()
+    targets = torch.randint(0, 64, (2, 4), generator=g)
+    weights = torch.randn(2, 4, generator=g)
+    expected = torch.log_softmax(x.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    got = token_logprobs(x, targets, 1.0)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-6)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    assert grad_got.dtype == torch.bfloat16
+    assert torch.equal(grad_got, grad_expected)
