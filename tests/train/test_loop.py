@@ -89,12 +89,12 @@ def test_batches_are_made_under_the_same_autocast_as_the_loss(
     task.seen = []
     train(make_model("gpt2"), task, _cfg(max_steps=2, bf16=bf16), tmp_path, progress=False)
     assert task.seen == [bf16, bf16]
-    # a bf16 run on CPU trains with float32 attention (models/attention.py)
+    # a bf16 run on CPU trains with the rerouted bf16 attention (models/attention.py)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from prefloop.models.attention import sdpa_float32_backward
+    from prefloop.models.attention import sdpa_bf16_training
 
-    assert (ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_float32_backward) == bf16
+    assert (ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_bf16_training) == bf16
 
 
 def test_warmup_then_cosine_to_floor():

@@ -1,14 +1,19 @@
-"""SDPA attention in float32 where a bfloat16 one is slow: training under CPU bf16 autocast.
+"""Attention for training under CPU bf16 autocast, where PyTorch's bf16 SDPA is slow.
 
-Autocast runs `scaled_dot_product_attention` in bf16. On CPU (torch 2.13) the flash-attention
-forward is as fast in bf16 as in float32, but its backward is about 4x slower (23 vs 6.6 ms for
-32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md), and a bf16 PPO step at 21M spent a fifth of its
-time there. So while gradients are on, CPU bf16 attention is computed in float32 (also the more
-precise) and its output handed back in bf16; everything else goes to transformers' SDPA as is.
+Autocast runs `scaled_dot_product_attention` in bf16. On CPU (torch 2.13) its flash-attention
+forward is as fast in bf16 as in float32, but its backward is 3-4x slower (fwd+bwd 42 vs 13 ms
+for 32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md). So while gradients
+are on, CPU bf16 attention takes one of two routes:
+
+- short sequences (keys <= MATH_MAX_KEYS, no dropout): written out as two bf16 matmuls around a
+  float32 softmax (scores (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash
+  kernel at these sizes, since oneDNN's bf16 batched matmuls beat its per-block loops). The
+  scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
+- otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
+
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
 under autocast, so there only the value arrives in bf16 (autocast would cast all three down).
-Sampling and scoring run without grad and keep bf16 attention (its forward is as fast); the
-learner's log-probs then differ from the sampler's by bf16 rounding, as they would anyway.
+Sampling and scoring run without grad and keep transformers' SDPA (its bf16 forward is fast).
 
 `install()` registers the wrapper as transformers' "sdpa" attention (its documented extension
 point, `AttentionInterface.register`); the training loop calls it when a bf16 run starts on CPU.
@@ -20,10 +25,42 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+# Above this many keys the (B, H, Tq, Tk) float32 scores of the math route cost more memory
+# than the flash kernel's blocks are worth saving time on.
+MATH_MAX_KEYS = 256
 
 
-def sdpa_float32_backward(
+def bf16_math_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (B, H, Tq, D)
+    key: torch.Tensor,  # (B, Hkv, Tk, D)
+    value: torch.Tensor,  # (B, Hkv, Tk, D)
+    attention_mask: torch.Tensor | None,  # bool (keep) or additive, broadcastable to (B, H, Tq, Tk)
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale + mask) v with bf16 matmuls and a float32 softmax; (B, Tq, H, D)."""
+    with torch.autocast("cpu", enabled=False):
+        n_rep = getattr(module, "num_key_value_groups", 1)
+        q = query.to(torch.bfloat16)
+        k = repeat_kv(key.to(torch.bfloat16), n_rep)
+        v = repeat_kv(value.to(torch.bfloat16), n_rep)
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale)  # (B, H, Tq, Tk)
+        if attention_mask is None:  # causal, query i at key i (callers check Tq == Tk)
+            keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        elif attention_mask.dtype == torch.bool:
+            # finfo.min, not -inf: a padding query that sees no key gets finite (unused) output
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask.float()
+        probs = torch.softmax(scores, dim=-1).to(torch.bfloat16)
+        return torch.matmul(probs, v).transpose(1, 2).contiguous()
+
+
+def sdpa_bf16_training(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -31,11 +68,16 @@ def sdpa_float32_backward(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """transformers' `sdpa_attention_forward`, in float32 for bf16 CPU tensors under grad."""
+    """transformers' `sdpa_attention_forward`, rerouted for bf16 CPU tensors under grad."""
     bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
     slow = bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
     if not slow:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if _math_route(module, query, key, attention_mask, kwargs):
+        out = bf16_math_attention(
+            module, query, key, value, attention_mask, scaling=kwargs.get("scaling")
+        )
+        return out, None
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast("cpu", enabled=False):
@@ -45,6 +87,27 @@ def sdpa_float32_backward(
     return out.to(torch.bfloat16), weights  # what autocast's own bf16 attention returns
 
 
+def _math_route(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> bool:
+    """Whether `bf16_math_attention` computes exactly what SDPA would here: short keys, no
+    dropout, no extras (position bias, soft-capping), and causal-without-mask only when every
+    query has its own key (SDPA's is_causal is aligned top-left)."""
+    extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
+    if key.shape[2] > MATH_MAX_KEYS or kwargs.get("dropout", 0.0) or extras:
+        return False
+    if mask is None:
+        causal = kwargs.get("is_causal")
+        if causal is None:
+            causal = getattr(module, "is_causal", True)
+        return bool(causal) and query.shape[2] == key.shape[2]
+    return True
+
+
 def install() -> None:
-    """Make `sdpa_float32_backward` transformers' SDPA attention (idempotent)."""
-    AttentionInterface.register("sdpa", sdpa_float32_backward)
+    """Make `sdpa_bf16_training` transformers' SDPA attention (idempotent)."""
+    AttentionInterface.register("sdpa", sdpa_bf16_training)

@@ -137,7 +137,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device.type if params else "cpu"
     if cfg.bf16 and device == "cpu":
-        attention.install()  # CPU bf16 attention backward is slow: run it in float32
+        attention.install()  # CPU bf16 SDPA backward is slow: reroute it (models/attention.py)
         if cpu_computes_bf16() is False:
             warnings.warn(
                 "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "
