@@ -34,7 +34,13 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     from prefloop.models.lm import takes_4d_mask
     from prefloop.models.reward import load_reward_model
     from prefloop.train.loop import LoopConfig, train
-    from prefloop.train.reward import PairRecord, RewardConfig, RewardTask, encode_records
+    from prefloop.train.reward import (
+        PairRecord,
+        RewardConfig,
+        RewardTask,
+        encode_records,
+        width_multiple,
+    )
 
     setup = common.prepare(size)
     model, tok = load_reward_model(str(setup.reward))
@@ -44,7 +50,13 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     pairs = encode_records(records, tok, MAX_LENGTH)
     pack = RewardConfig().pack_width if takes_4d_mask(model) else 0  # the default: packed rows
     task = RewardTask(
-        pairs, BATCH, grad_accum=1, seed=common.SEED, pack_width=pack, pad_id=tok.pad_token_id
+        pairs,
+        BATCH,
+        grad_accum=1,
+        seed=common.SEED,
+        pack_width=pack,
+        pad_id=tok.pad_token_id,
+        width_multiple=width_multiple(bf16),  # as `prefloop reward --bf16` does
     )
     clock = common.StepClock(warmup)
     cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0, bf16=bf16)

@@ -89,3 +89,38 @@ def test_packed_scores_and_gradients_equal_padded(family, tokenizer, tmp_path) -
     loss_pad = RewardTask(pairs, 6, 1).loss(model, padded)[0]
     loss_pack = RewardTask(pairs, 6, 1).loss(model, packed)[0]
     assert loss_pack.item() == pytest.approx(loss_pad.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("pack_width", [0, 16])
+def test_widths_rounded_to_a_multiple_score_and_train_the_same(tokenizer, tmp_path, pack_width):
+    """Under bf16 the batches' token width is rounded up (fewer distinct matmul shapes): the
+    extra columns are padding, so scores and gradients do not change."""
+    from prefloop.train.reward import width_multiple
+
+    sft = build_model("gpt2", tokenizer, n_layer=2, n_embd=32, n_head=2, context=64)
+    model = build_reward_model(save_pretrained(sft, tokenizer, tmp_path), tokenizer, seed=1)
+    records = [PairRecord("the movie " * (i % 2 + 1), "great " * (i + 1), "dull") for i in range(5)]
+    pairs = encode_records(records, tokenizer, 64)
+    pad_id = tokenizer.pad_token_id
+    assert width_multiple(False) == 1 and width_multiple(True) == 8
+
+    def batch(multiple):
+        return RewardTask(pairs, 5, 1, pack_width=pack_width, pad_id=pad_id,
+                          width_multiple=multiple).microbatches(0)[0]  # fmt: skip
+
+    exact, rounded = batch(1), batch(8)
+    key = "packed" if pack_width else "input_ids"
+    width = lambda b: (b["packed"].input_ids if pack_width else b["input_ids"]).shape[1]  # noqa: E731
+    assert width(exact) % 8 != 0 and width(rounded) % 8 == 0 and width(rounded) > width(exact)
+
+    def run(b):
+        model.zero_grad()
+        loss = RewardTask(pairs, 5, 1).loss(model, b)[0]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (l1, g1), (l8, g8) = run(exact), run(rounded)
+    assert key in rounded
+    assert l8.item() == pytest.approx(l1.item(), abs=1e-6)
+    for a, b in zip(g1, g8, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

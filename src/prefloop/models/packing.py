@@ -50,8 +50,11 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return max(i, 0)
 
 
-def pack_pairs(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int) -> PackedPairs:
-    """Pack pairs of rows (R=2B, T) with `lengths` (2B,): row i and row B + i are one pair."""
+def pack_pairs(
+    rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int, multiple: int = 1
+) -> PackedPairs:
+    """Pack pairs of rows (R=2B, T) with `lengths` (2B,): row i and row B + i are one pair.
+    The lines' width is trimmed to the longest line, then rounded up to a `multiple`."""
     b = rows.shape[0] // 2
     ids_list = [r[:n] for r, n in zip(rows.tolist(), lengths.tolist(), strict=True)]
     share = [shared_prefix(ids_list[i], ids_list[b + i]) for i in range(b)]
@@ -67,6 +70,7 @@ def pack_pairs(rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: in
         lines[line].append(i)
         room[line] -= size[i]
     width -= min(room)  # trim columns no line uses
+    width = -(-width // multiple) * multiple
     n = len(lines)
     ids = [pad_id] * (n * width)
     pos = [0] * (n * width)
