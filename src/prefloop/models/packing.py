@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prefloop.models.lm import round_up
+
 SHARED, CHOSEN, REJECTED = 0, 1, 2  # which part of a pair a token belongs to
 
 
@@ -70,7 +72,7 @@ def pack_pairs(
         lines[line].append(i)
         room[line] -= size[i]
     width -= min(room)  # trim columns no line uses
-    width = -(-width // multiple) * multiple
+    width = round_up(width, multiple)
     n = len(lines)
     ids = [pad_id] * (n * width)
     pos = [0] * (n * width)

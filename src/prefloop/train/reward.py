@@ -26,7 +26,7 @@ from torch import nn
 
 from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import pad_rows, takes_4d_mask
+from prefloop.models.lm import pad_rows, round_up, takes_4d_mask, width_multiple
 from prefloop.models.packing import pack_pairs
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
@@ -151,18 +151,6 @@ def encode_records(
     return EncodedPairs(rows.long(), mask.sum(1), tie, torch.where(tie, 0.0, margin * strength))
 
 
-# oneDNN, behind PyTorch's CPU bf16 matmuls, JIT-compiles a kernel for every new shape (~10 ms
-# each, then cached): when every batch has a width of its own, a bf16 step pays that again and
-# again and the cache grows (a 21M reward model's peak RSS 1,214 -> 1,033 MB, median step 330-370
-# -> 240-340 ms on a Xeon with AMX, widths rounded to 8). float32 matmuls (MKL) have no such cost.
-BF16_WIDTH_MULTIPLE = 8
-
-
-def width_multiple(bf16: bool) -> int:
-    """What a batch's token width is rounded up to: BF16_WIDTH_MULTIPLE under bf16, else 1."""
-    return BF16_WIDTH_MULTIPLE if bf16 else 1
-
-
 def collate_pairs(
     pairs: EncodedPairs,
     index: torch.Tensor,
@@ -182,7 +170,7 @@ def collate_pairs(
         batch["packed"] = packed
     else:
         ids = pairs.rows[rows, :width]
-        width = -(-width // multiple) * multiple
+        width = round_up(width, multiple)
         batch["input_ids"] = nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad_id)
         batch["attention_mask"] = (torch.arange(width) < lengths[:, None]).long()  # (2B, T)
     return batch
