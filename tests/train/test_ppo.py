@@ -209,33 +209,3 @@ def test_config_validation() -> None:
     cfg = PpoConfig(rollouts=3, ppo_epochs=2, num_minibatches=4, checkpoint_every=1)
     loop = cfg.loop_config()
     assert (loop.max_steps, loop.checkpoint_every) == (24, 8)
-
-
-def test_bf16_rollout_rounds_widths_up_and_leaves_the_experience_alone(
-    make_model, tokenizer
-) -> None:
-    """Under bf16 the rollout's prompt and response widths are rounded up to a multiple of 8
-    (models.lm.width_multiple): the extra columns are padding, the experience is the same."""
-    policy = make_model("gpt2")
-
-    def rollout(bf16: bool):
-        nets = PolicyAndValue(policy, value_model_like(policy, tokenizer))
-        cfg = small_cfg(kl_coef=0.1, bf16=bf16)  # the flag only: both run in float32 here
-        exp = make_experience(
-            nets, frozen(copy.deepcopy(policy)), tokenizer, FunctionSource(count_e),
-            PROMPTS[:8], cfg, kl_coef=0.1, seed=3,
-        ).experience  # fmt: skip
-        return exp
-
-    exact, rounded = rollout(False), rollout(True)
-    P, T = exact.prompt_len, exact.response_mask.shape[1]
-    P8, T8 = rounded.prompt_len, rounded.response_mask.shape[1]
-    assert P8 % 8 == 0 and T8 % 8 == 0 and (P8, T8) != (P, T) and P8 >= P and T8 >= T
-    assert torch.equal(rounded.sequences[:, P8 - P : P8 + T], exact.sequences)
-    assert torch.equal(rounded.response_mask[:, :T], exact.response_mask)
-    assert not rounded.response_mask[:, T:].any()
-    for name in ("old_logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"):
-        got, want = getattr(rounded, name)[:, :T], getattr(exact, name)
-        assert torch.allclose(got * exact.response_mask, want * exact.response_mask, atol=1e-5), (
-            name
-        )

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import pad_rows, round_up, width_multiple
 from prefloop.models.sampler import (
     Sampler,
     SamplingParams,
+    left_pad,
     position_ids,
     response_logits,
     response_positions,
@@ -159,17 +159,14 @@ def make_experience(
     raw_scores = reward.score(list(prompts), texts).float()  # (B,)
     keep = _drop_nonfinite(raw_scores, cfg, dropped_so_far).tolist()
 
-    # widths rounded up under bf16 (models.lm.width_multiple): fewer distinct matmul shapes
-    multiple = width_multiple(cfg.bf16)
-    kept_rows, kept_responses = [rows[i] for i in keep], [responses[i] for i in keep]
-    P = round_up(max(len(r) for r in kept_rows), multiple)
-    query, query_mask = pad_rows(kept_rows, sampler.pad_id, "left", P)  # (B, P)
-    T = round_up(max(len(r) for r in kept_responses), multiple)
-    resp, resp_mask = right_pad(kept_responses, sampler.pad_id, T)  # (B, T)
+    query, query_mask = left_pad([rows[i] for i in keep], sampler.pad_id)  # (B, P)
+    resp, resp_mask = right_pad([responses[i] for i in keep], sampler.pad_id)  # (B, T)
     ids = torch.cat([query, resp], 1)
     mask = torch.cat([query_mask, resp_mask], 1)
-    rmask = resp_mask.float()
+    P, rmask = query.shape[1], resp_mask.float()
     done = torch.tensor([finished[i] for i in keep])
+
+    T = resp.shape[1]
     old_logp = right_pad([sampled.logprobs[i] for i in keep], 0.0, T, torch.float32)[0]
     entropy = right_pad([sampled.entropy[i] for i in keep], 0.0, T, torch.float32)[0]
     entropy = L.masked_mean(entropy, rmask)
