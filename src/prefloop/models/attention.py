@@ -48,14 +48,15 @@ def bf16_math_attention(
         v = repeat_kv(value.to(torch.bfloat16), n_rep)
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
         scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale)  # (B, H, Tq, Tk)
+        # in place: scores is this function's own buffer, and neither op's backward reads it;
+        # finfo.min, not -inf: a padding query that sees no key gets finite (unused) output
         if attention_mask is None:  # causal, query i at key i (callers check Tq == Tk)
             keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~keep, torch.finfo(scores.dtype).min)
         elif attention_mask.dtype == torch.bool:
-            # finfo.min, not -inf: a padding query that sees no key gets finite (unused) output
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask.float()
+            scores.add_(attention_mask)
         probs = torch.softmax(scores, dim=-1).to(torch.bfloat16)
         return torch.matmul(probs, v).transpose(1, 2).contiguous()
 
