@@ -6,9 +6,9 @@ for 32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md). So wh
 are on, CPU bf16 attention takes one of two routes:
 
 - short sequences (keys <= MATH_MAX_KEYS = 192, no dropout): written out as two bf16 matmuls around a
-  float32 softmax (scores (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash
-  kernel at these sizes, since oneDNN's bf16 batched matmuls beat its per-block loops). The
-  scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
+  float32 softmax, as transformers' eager attention does under autocast (scores (B, H, Tq, Tk)
+  materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The scores are bf16
+  products, as in any bf16 attention; masking and softmax are float32.
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
@@ -95,9 +95,9 @@ def _math_route(
     mask: torch.Tensor | None,
     kwargs: dict[str, Any],
 ) -> bool:
-    """Whether `bf16_math_attention` computes exactly what SDPA would here: short keys, no
-    dropout, no extras (position bias, soft-capping), and causal-without-mask only when every
-    query has its own key (SDPA's is_causal is aligned top-left)."""
+    """Whether `bf16_math_attention` computes what SDPA would here (up to bf16 rounding):
+    short keys, no dropout, no extras (position bias, soft-capping), and causal-without-mask
+    only when every query has its own key (SDPA's is_causal is aligned top-left)."""
     extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
     if key.shape[2] > MATH_MAX_KEYS or kwargs.get("dropout", 0.0) or extras:
         return False

@@ -192,6 +192,8 @@ class _TokenLogprob(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         softmax, targets = ctx.saved_tensors
         g = grad.unsqueeze(-1)
+        # in place: the saved softmax becomes the gradient (no second (B, R, V) buffer); a second
+        # backward through this graph (retain_graph) fails autograd's version check, never silently
         return softmax.mul_(-g).scatter_add_(-1, targets, g).to(ctx.input_dtype), None
 
 
