@@ -116,7 +116,7 @@ class RewardConfig(LoopConfig):
     ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
     group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
     pack_width: int = option(
-        64,
+        192,
         "pack pairs end to end in lines of this many tokens, each prompt once, no padding "
         "(0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
     )

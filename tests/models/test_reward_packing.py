@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prefloop.models.lm import build_model, save_pretrained, takes_4d_mask
-from prefloop.models.packing import pack_pairs, shared_prefix
+from prefloop.models.packing import pack_lines, pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
     packed_reward_forward,
@@ -39,6 +39,29 @@ def test_pack_pairs_holds_each_prompt_once_and_every_row_attends_to_its_own_toke
     # pair 2 (columns 4..7 of line 1) never sees pair 1; padding sees only itself
     assert mask[1, 6].tolist() == [False, False, False, False, True, True, True, False]
     assert mask[0, 6].tolist() == [False] * 6 + [True, False]
+
+
+def test_pack_lines_balances_lines_without_adding_any() -> None:
+    # first fit by decreasing size: [40, 20], [30, 30], [10, 10] (longest line 60); balanced:
+    # three lines too, [40, 10], [30, 20], [30, 10], so the batch is trimmed to 50 columns
+    size = [40, 30, 30, 20, 10, 10]
+    lines = pack_lines(size, 64)
+    assert sorted(i for line in lines for i in line) == list(range(len(size)))
+    assert len(lines) == 3
+    assert max(sum(size[i] for i in line) for line in lines) == 50
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):  # never more lines than first fit, never a line over the width
+        size = torch.randint(1, 65, (int(torch.randint(1, 40, (1,), generator=gen)),),
+                             generator=gen).tolist()  # fmt: skip
+        room: list[int] = []
+        for s in sorted(size, reverse=True):
+            k = next((k for k, r in enumerate(room) if r >= s), len(room))
+            room += [64] * (k == len(room))
+            room[k] -= s
+        lines = pack_lines(size, 64)
+        assert sorted(i for line in lines for i in line) == list(range(len(size)))
+        assert len(lines) <= len(room)
+        assert max(sum(size[i] for i in line) for line in lines) <= 64
 
 
 def test_shared_prefix_leaves_each_row_its_last_token() -> None:

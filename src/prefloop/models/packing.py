@@ -7,8 +7,8 @@ hidden states are the same in both rows, so a packed pair holds it once:
     positions:   0..s-1   s..c-1            s..r-1              0..
     attends to:  prompt   prompt + chosen   prompt + rejected   its own pair
 
-Pairs are laid end to end in lines of `width` tokens (first fit by decreasing size; a longer
-pair gets a line of its own), so no arithmetic goes to padding or to a second copy of the prompt.
+Pairs are laid end to end in lines of `width` tokens (as few lines as first fit by decreasing
+size needs, balanced to end at about the same column; a longer pair gets a line of its own), so no arithmetic goes to padding or to a second copy of the prompt.
 The block mask is explicit (N, 1, W, W), True where a token may attend, for transformers' SDPA
 attention. Scores and gradients equal those of the padded rows (tests/models/test_reward_packing.py).
 
@@ -52,6 +52,34 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return max(i, 0)
 
 
+def pack_lines(size: list[int], width: int) -> list[list[int]]:
+    """Items of `size` (each <= `width`) -> lines of at most `width`, as few as first fit by
+    decreasing size needs and balanced when possible: each item, largest first, goes to the
+    least loaded of n lines, for the smallest n that fits. Balanced lines end at about the same
+    column, so trimming the batch to its longest line leaves little padding; first fit alone
+    fills the first lines and leaves the last nearly empty."""
+    order = sorted(range(len(size)), key=lambda i: -size[i])
+    first_fit: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        k = next((k for k, r in enumerate(room) if r >= size[i]), len(room))
+        if k == len(room):
+            first_fit.append([])
+            room.append(width)
+        first_fit[k].append(i)
+        room[k] -= size[i]
+    for n in range(-(-sum(size) // width), len(first_fit) + 1):
+        lines: list[list[int]] = [[] for _ in range(n)]
+        load = [0] * n
+        for i in order:
+            k = load.index(min(load))
+            lines[k].append(i)
+            load[k] += size[i]
+        if max(load) <= width:
+            return lines
+    return first_fit
+
+
 def pack_pairs(
     rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int, multiple: int = 1
 ) -> PackedPairs:
@@ -62,16 +90,8 @@ def pack_pairs(
     share = [shared_prefix(ids_list[i], ids_list[b + i]) for i in range(b)]
     size = [len(ids_list[i]) + len(ids_list[b + i]) - share[i] for i in range(b)]
     width = max(width, max(size))
-    lines: list[list[int]] = []  # the pairs in each line
-    room: list[int] = []
-    for i in sorted(range(b), key=lambda i: -size[i]):
-        line = next((k for k, r in enumerate(room) if r >= size[i]), len(room))
-        if line == len(room):
-            lines.append([])
-            room.append(width)
-        lines[line].append(i)
-        room[line] -= size[i]
-    width -= min(room)  # trim columns no line uses
+    lines = pack_lines(size, width)
+    width = max(sum(size[i] for i in line) for line in lines)  # trim columns no line uses
     width = round_up(width, multiple)
     n = len(lines)
     ids = [pad_id] * (n * width)
