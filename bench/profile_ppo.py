@@ -60,8 +60,15 @@ def patch() -> None:
         )
         return timed(name, fwd)(self, *a, **k)
 
+    values = rollout.PolicyAndValue.values
+
+    def nets_values(self: Any, *a: Any, **k: Any) -> Any:
+        if torch.is_grad_enabled():  # the learner's forward calls it: counted there
+            return values(self, *a, **k)
+        return timed("rollout: values", values)(self, *a, **k)
+
     rollout.PolicyAndValue.forward = nets_forward
-    rollout.PolicyAndValue.values = timed("rollout: values", rollout.PolicyAndValue.values)
+    rollout.PolicyAndValue.values = nets_values
     ppo.PpoTask.loss = timed("learn: loss (forward + loss terms)", ppo.PpoTask.loss)
     torch.Tensor.backward = timed("learn: backward", torch.Tensor.backward)
     torch.optim.AdamW.step = timed("learn: AdamW step", torch.optim.AdamW.step)
