@@ -8,7 +8,8 @@ hidden states are the same in both rows, so a packed pair holds it once:
     attends to:  prompt   prompt + chosen   prompt + rejected   its own pair
 
 Pairs are laid end to end in lines of `width` tokens (as few lines as first fit by decreasing
-size needs, balanced to end at about the same column; a longer pair gets a line of its own), so no arithmetic goes to padding or to a second copy of the prompt.
+size needs, balanced to end at about the same column; a longer pair gets a line of its own), so
+no arithmetic goes to padding or to a second copy of the prompt.
 The block mask is explicit (N, 1, W, W), True where a token may attend, for transformers' SDPA
 attention. Scores and gradients equal those of the padded rows (tests/models/test_reward_packing.py).
 
