@@ -5,10 +5,10 @@ forward is as fast in bf16 as in float32, but its backward is 3-4x slower (fwd+b
 for 32 x 8 heads x 52 tokens x 64 on a Xeon with AMX; docs/benchmarks.md). So while gradients
 are on, CPU bf16 attention takes one of two routes:
 
-- short sequences (keys <= MATH_MAX_KEYS = 192, no dropout): written out as two bf16 matmuls around a
-  float32 softmax, as transformers' eager attention does under autocast (scores (B, H, Tq, Tk)
-  materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The scores are bf16
-  products, as in any bf16 attention; masking and softmax are float32.
+- short sequences (keys <= MATH_MAX_KEYS = 192, no dropout): written out as two bf16 matmuls
+  around a float32 softmax, as transformers' eager attention does under autocast (scores
+  (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The
+  scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin

@@ -7,7 +7,7 @@ hidden states are the same in both rows, so a packed pair holds it once:
     positions:   0..s-1   s..c-1            s..r-1              0..
     attends to:  prompt   prompt + chosen   prompt + rejected   its own pair
 
-Pairs are laid end to end in lines of `width` tokens (as few lines as first fit by decreasing
+Pairs are laid end to end in lines of `width` tokens (as many lines as first fit by decreasing
 size needs, balanced to end at about the same column; a longer pair gets a line of its own), so
 no arithmetic goes to padding or to a second copy of the prompt.
 The block mask is explicit (N, 1, W, W), True where a token may attend, for transformers' SDPA
@@ -54,11 +54,11 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 
 
 def pack_lines(size: list[int], width: int) -> list[list[int]]:
-    """Items of `size` (each <= `width`) -> lines of at most `width`, as few as first fit by
-    decreasing size needs and balanced when possible: each item, largest first, goes to the
-    least loaded of n lines, for the smallest n that fits. Balanced lines end at about the same
-    column, so trimming the batch to its longest line leaves little padding; first fit alone
-    fills the first lines and leaves the last nearly empty."""
+    """Items of `size` (each <= `width`) -> lines of at most `width`: as many lines as first fit
+    by decreasing size needs, refilled balanced when that fits (each item, largest first, to the
+    least loaded line). Balanced lines end at about the same column, so trimming the batch to
+    its longest line leaves little padding; first fit alone fills the first lines and leaves the
+    last nearly empty."""
     order = sorted(range(len(size)), key=lambda i: -size[i])
     first_fit: list[list[int]] = []
     room: list[int] = []
@@ -69,16 +69,13 @@ def pack_lines(size: list[int], width: int) -> list[list[int]]:
             room.append(width)
         first_fit[k].append(i)
         room[k] -= size[i]
-    for n in range(-(-sum(size) // width), len(first_fit) + 1):
-        lines: list[list[int]] = [[] for _ in range(n)]
-        load = [0] * n
-        for i in order:
-            k = load.index(min(load))
-            lines[k].append(i)
-            load[k] += size[i]
-        if max(load) <= width:
-            return lines
-    return first_fit
+    lines: list[list[int]] = [[] for _ in first_fit]
+    load = [0] * len(lines)
+    for i in order:
+        k = load.index(min(load))
+        lines[k].append(i)
+        load[k] += size[i]
+    return lines if max(load) <= width else first_fit
 
 
 def pack_pairs(
