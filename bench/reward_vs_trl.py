@@ -5,7 +5,7 @@
 
 Same initial sequence-classifier weights (bench/common.py), same preference pairs, 16 pairs per
 step, max_length 64, on CPU. prefloop: RewardTask (Bradley-Terry) on its training loop, in
-float32 and with `bf16=True` (autocast; weights and AdamW float32). TRL in its three settings:
+float32 and with `bf16=True` (autocast; bf16 matmul weights, float32 masters in AdamW). TRL in its three settings:
 plain (float32), bf16 (autocast, no gradient checkpointing) and RewardConfig's defaults (bf16 +
 gradient checkpointing). Reported: float32 vs float32, bf16 vs TRL's faster bf16 setting, and
 prefloop's faster setting vs TRL's fastest (benchmarking.md: compare against the peer's faster

@@ -35,7 +35,8 @@ class LoopConfig:
     deterministic: bool = option(False, "bitwise-reproducible CPU kernels (slower)")
     bf16: bool = option(
         False,
-        "bfloat16 autocast for forward and loss (weights, gradients and AdamW stay float32): "
+        "bfloat16 autocast for forward and loss; matmul weights train in bf16 against float32 "
+        "masters in AdamW (checkpoints and the saved model are float32): "
         "faster on GPUs and on CPUs with AVX512-BF16 or AMX",
     )
 
@@ -201,8 +202,8 @@ class PpoConfig:
     resume: bool = option(False, "continue the newest unfinished ppo run from its last checkpoint")
     bf16: bool = option(
         False,
-        "bfloat16 autocast for rollouts and updates (weights, gradients and AdamW stay float32; "
-        "log-probs in float32): faster on GPUs and on CPUs with AMX or AVX512-BF16",
+        "bfloat16 autocast for rollouts and updates (matmul weights in bf16 against float32 "
+        "masters in AdamW; log-probs in float32): faster on GPUs and on CPUs with AMX or AVX512-BF16",
     )
 
     def __post_init__(self) -> None:

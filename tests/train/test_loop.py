@@ -9,6 +9,7 @@ from prefloop.errors import PrefloopError
 from prefloop.train.checkpoint import latest_checkpoint
 from prefloop.train.lm import LanguageModelingTask
 from prefloop.train.loop import LoopConfig, lr_at, train
+from prefloop.train.precision import MasterWeights
 
 
 def _rows(tokenizer, texts, n=16, width=12):
@@ -68,6 +69,46 @@ def test_bf16_autocast_lowers_the_loss_and_keeps_float32_weights(
     result = train(model, task, _cfg(max_steps=8, lr=3e-3, bf16=True), tmp_path, progress=False)
     losses = [row["loss/train"] for row in result.history]
     assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bf16_master_weights_train_exactly_as_autocast_on_float32_weights(
+    family, monkeypatch, make_model, tokenizer, texts, tmp_path
+):
+    """bf16 working weights only skip casts autocast would make: same numbers, accumulation
+    over micro-batches included (it sums in the float32 masters)."""
+    from prefloop.train import loop
+
+    rows = _rows(tokenizer, texts)
+    cfg = _cfg(max_steps=3, bf16=True, grad_accum=2, lr=3e-3, max_grad_norm=1.0)
+    task = LanguageModelingTask(rows, [], 4, 2, tokenizer.pad_token_id)
+    ours = make_model(family)
+    train(ours, task, cfg, tmp_path / "ours", progress=False)
+    plain = make_model(family)
+    with monkeypatch.context() as m:  # autocast over float32 weights, as before masters
+        m.setattr(loop, "MasterWeights", lambda model, bf16: MasterWeights(model, bf16=False))
+        train(plain, task, cfg, tmp_path / "plain", progress=False)
+    for (name, pa), pb in zip(ours.named_parameters(), plain.parameters(), strict=True):
+        assert pa.dtype == torch.float32, name
+        assert torch.equal(pa, pb), name
+
+
+def test_only_weights_autocast_casts_anyway_train_in_bf16(make_model):
+    model = make_model("gpt2")  # its LM head is tied to the token embedding
+    weights = MasterWeights(model, bf16=True)
+    bf16 = {n for n, p in model.named_parameters() if p.dtype == torch.bfloat16}
+    assert "transformer.h.0.attn.c_attn.weight" in bf16  # Conv1D (addmm)
+    assert "transformer.h.0.mlp.c_fc.bias" in bf16
+    assert not any("wte" in n or "wpe" in n or "ln_" in n for n in bf16)  # embeddings, norms
+    assert len(weights.params) == len([p for p in model.parameters() if p.requires_grad])
+    assert all(p.dtype == torch.float32 for p in weights.params)  # what AdamW steps
+    with weights.full_precision():
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert "transformer.h.0.attn.c_attn.weight" in {
+        n for n, p in model.named_parameters() if p.dtype == torch.bfloat16
+    }
+    weights.release()
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
@@ -140,10 +181,13 @@ class _DiesAt(LanguageModelingTask):
         return super().microbatches(step)
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(make_model, tokenizer, texts, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_resume_from_checkpoint_equals_uninterrupted(
+    bf16, make_model, tokenizer, texts, tmp_path
+):
     rows = _rows(tokenizer, texts)
     pad = tokenizer.pad_token_id
-    cfg = _cfg(max_steps=6, checkpoint_every=3, deterministic=True, warmup_steps=2)
+    cfg = _cfg(max_steps=6, checkpoint_every=3, deterministic=True, warmup_steps=2, bf16=bf16)
     full = make_model("qwen2")
     train(full, LanguageModelingTask(rows, [], 4, 1, pad), cfg, tmp_path / "full", progress=False)
     with pytest.raises(KeyboardInterrupt):

@@ -25,6 +25,7 @@ from prefloop.configs import LoopConfig
 from prefloop.errors import PrefloopError
 from prefloop.models import attention
 from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from prefloop.train.precision import MasterWeights
 
 
 class Task(Protocol):
@@ -51,8 +52,7 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: Sequence[torch.Tensor], cfg: LoopConfig) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [
@@ -116,12 +116,32 @@ def train(
 ) -> TrainResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    weights = MasterWeights(model, bf16=cfg.bf16)
+    try:
+        return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
+    finally:
+        weights.release()  # the model leaves with its float32 weights, whatever happened
+
+
+def _train(
+    model: torch.nn.Module,
+    task: Task,
+    cfg: LoopConfig,
+    run_dir: Path,
+    weights: MasterWeights,
+    resume: bool,
+    desc: str,
+    progress: bool,
+) -> TrainResult:
     ckpt_dir = run_dir / "checkpoints"
-    opt = make_optimizer(model, cfg)
+    params = weights.params  # what AdamW steps: float32 masters under bf16
+    device = params[0].device.type if params else "cpu"
+    opt = make_optimizer(params, cfg)
     result = TrainResult(steps=0)
     start = 0
     if resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, model, opt)
+        with weights.full_precision():
+            state = load_checkpoint(ckpt, model, opt)
         start = state["step"]
         result.history = state.get("history", [])
         if hasattr(task, "load_state_dict"):
@@ -134,8 +154,6 @@ def train(
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device.type if params else "cpu"
     if cfg.bf16 and device == "cpu":
         attention.install()  # CPU bf16 SDPA backward is slow: reroute it (models/attention.py)
         if cpu_computes_bf16() is False:
@@ -155,7 +173,7 @@ def train(
             g["lr"] = lr * g.get("lr_scale", 1.0)
         with _autocast(device, cfg):  # a task that makes experience (PPO) does it here
             batches = task.microbatches(step)
-        opt.zero_grad(set_to_none=True)
+        weights.zero_grad()
         sums: dict[str, float] = {}
         for batch in batches:
             with _autocast(device, cfg):
@@ -163,12 +181,14 @@ def train(
             if not _finite(loss.item()):
                 _halt(f"loss is {loss.item()} at step {step + 1}", last_good)
             (loss / len(batches)).backward()
+            weights.collect_grads()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
         norm = clip_grad_norm(params, cfg.max_grad_norm)
         if not _finite(float(norm)):
             _halt(f"gradient norm is {float(norm)} at step {step + 1}", last_good)
         opt.step()
+        weights.refresh()
         row = {"step": step + 1, "charts/lr": lr, "charts/grad_norm": float(norm), **sums}
         if hasattr(task, "on_step_end"):
             row.update(task.on_step_end(step, model, row) or {})
@@ -179,7 +199,8 @@ def train(
                     writer.add_scalar(k, v, step + 1)
             bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in sums.items() if "loss" in k})
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and hasattr(task, "evaluate"):
-            result.eval = _evaluate(task, model, writer, step + 1)
+            with weights.full_precision():
+                result.eval = _evaluate(task, model, writer, step + 1)
         bar.update(1)
         if (
             cfg.checkpoint_every
@@ -189,8 +210,10 @@ def train(
             extra = {"history": result.history}
             if hasattr(task, "state_dict"):
                 extra["task"] = task.state_dict()
-            last_good = save_checkpoint(ckpt_dir, step + 1, model, opt, extra)
+            with weights.full_precision():
+                last_good = save_checkpoint(ckpt_dir, step + 1, model, opt, extra)
     bar.close()
+    weights.release()
     if hasattr(task, "evaluate") and not (cfg.eval_every and cfg.max_steps % cfg.eval_every == 0):
         result.eval = _evaluate(task, model, writer, cfg.max_steps)
     writer.close()
