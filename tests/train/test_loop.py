@@ -182,9 +182,7 @@ class _DiesAt(LanguageModelingTask):
 
 
 @pytest.mark.parametrize("bf16", [False, True])
-def test_resume_from_checkpoint_equals_uninterrupted(
-    bf16, make_model, tokenizer, texts, tmp_path
-):
+def test_resume_from_checkpoint_equals_uninterrupted(bf16, make_model, tokenizer, texts, tmp_path):
     rows = _rows(tokenizer, texts)
     pad = tokenizer.pad_token_id
     cfg = _cfg(max_steps=6, checkpoint_every=3, deterministic=True, warmup_steps=2, bf16=bf16)
