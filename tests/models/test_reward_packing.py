@@ -147,3 +147,45 @@ def test_widths_rounded_to_a_multiple_score_and_train_the_same(tokenizer, tmp_pa
     assert l8.item() == pytest.approx(l1.item(), abs=1e-6)
     for a, b in zip(g1, g8, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
+def test_bf16_attention_pair_by_pair_equals_whole_lines(family, tokenizer, tmp_path, monkeypatch):
+    """Under bf16 training, packed lines attend pair by pair (models/attention.py): the same
+    scores and gradients as attention over whole lines under the block mask."""
+    import dataclasses
+
+    from prefloop.models import attention
+
+    attention.install()
+    sft = build_model(family, tokenizer, n_layer=2, n_embd=32, n_head=2, context=64)
+    model = build_reward_model(save_pretrained(sft, tokenizer, tmp_path), tokenizer, seed=1)
+    model.train()
+    records = [  # short pairs, many to a line
+        PairRecord("the movie " * (i % 2 + 1), "great " * (i % 3 + 1), "boring " * (i % 2 + 1))
+        for i in range(16)
+    ]
+    pairs = encode_records(records, tokenizer, 64)
+    pad_id = tokenizer.pad_token_id
+    packed = RewardTask(pairs, 16, 1, pack_width=64, pad_id=pad_id).microbatches(0)[0]["packed"]
+    assert packed.groups is not None and packed.groups.pays()
+    grouped = []
+    inner = attention.grouped_attention
+    monkeypatch.setattr(
+        attention, "grouped_attention", lambda *a, **k: grouped.append(1) or inner(*a, **k)
+    )
+
+    def run(p):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = packed_reward_forward(model, p)
+        (r * torch.arange(1.0, r.numel() + 1)).sum().backward()
+        return r.detach(), [q.grad.clone() for q in model.parameters()]
+
+    r_lines, g_lines = run(dataclasses.replace(packed, groups=None))
+    assert grouped == []
+    r_pairs, g_pairs = run(packed)
+    assert len(grouped) == 1  # the first layer; the last runs at the scored tokens only
+    assert torch.allclose(r_pairs, r_lines, atol=1e-2, rtol=1e-2)
+    for a, b in zip(g_pairs, g_lines, strict=True):
+        assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6)

@@ -21,11 +21,32 @@ point, `AttentionInterface.register`); the training loop calls it when a bf16 ru
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+if TYPE_CHECKING:
+    from prefloop.models.packing import AttentionGroups
+
+# Packed reward batches (models/packing.py) set this while their forward runs: attention then
+# runs pair by pair (`grouped_attention`) wherever it sees the packed lines' shape.
+_GROUPS: ContextVar[AttentionGroups | None] = ContextVar("prefloop_attention_groups", default=None)
+
+
+@contextmanager
+def attention_groups(groups: AttentionGroups | None) -> Iterator[None]:
+    """Within: bf16 training attention over the packed lines runs pair by pair."""
+    token = _GROUPS.set(groups if groups is not None and groups.pays() else None)
+    try:
+        yield
+    finally:
+        _GROUPS.reset(token)
+
 
 # Up to this many keys the math route wins (fwd+bwd, AMX host: 8.7 vs 13.4 ms at 52 keys, 21
 # vs 27 ms at 128); at 256 the two tie and at 512 flash is 2x faster (and holds no T^2 scores).
@@ -61,6 +82,33 @@ def bf16_math_attention(
         return torch.matmul(probs, v).transpose(1, 2).contiguous()
 
 
+def grouped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (N, H, W, D): packed lines
+    key: torch.Tensor,
+    value: torch.Tensor,
+    groups: AttentionGroups,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """`bf16_math_attention` pair by pair: each pair's tokens gathered from its line into
+    (B, H, G, D), attended under the pair's own mask, and put back; positions of no pair
+    (padding) get zeros, which no real token reads. A line of W tokens holding k pairs costs
+    W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)"""
+    n, h, w, d = query.shape
+    b, g = groups.index.shape
+
+    def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (B, Hx, G, D)
+        flat = x.transpose(1, 2).reshape(n * w, x.shape[1], d)
+        # index_select: its backward is index_add, much faster on CPU than indexing's index_put
+        return flat.index_select(0, groups.index.view(-1)).view(b, g, -1, d).transpose(1, 2)
+
+    out = bf16_math_attention(
+        module, gather(query), gather(key), gather(value), groups.mask, scaling=scaling
+    )  # (B, G, H, D)
+    rows = torch.cat([out.view(b * g, h, d), out.new_zeros(1, h, d)])  # last: for padding
+    return rows.index_select(0, groups.inverse).view(n, w, h, d)
+
+
 def sdpa_bf16_training(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -74,6 +122,15 @@ def sdpa_bf16_training(
     slow = bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
     if not slow:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    groups = _GROUPS.get()
+    if (
+        groups is not None
+        and query.shape[0] == key.shape[0] == groups.lines
+        and query.shape[2] == key.shape[2] == groups.width
+        and _math_route(module, query, key, attention_mask, kwargs, max_keys=groups.width)
+    ):
+        out = grouped_attention(module, query, key, value, groups, scaling=kwargs.get("scaling"))
+        return out, None
     if _math_route(module, query, key, attention_mask, kwargs):
         out = bf16_math_attention(
             module, query, key, value, attention_mask, scaling=kwargs.get("scaling")
@@ -94,12 +151,13 @@ def _math_route(
     key: torch.Tensor,
     mask: torch.Tensor | None,
     kwargs: dict[str, Any],
+    max_keys: int = MATH_MAX_KEYS,
 ) -> bool:
     """Whether `bf16_math_attention` computes what SDPA would here (up to bf16 rounding):
     short keys, no dropout, no extras (position bias, soft-capping), and causal-without-mask
     only when every query has its own key (SDPA's is_causal is aligned top-left)."""
     extras = any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
-    if key.shape[2] > MATH_MAX_KEYS or kwargs.get("dropout", 0.0) or extras:
+    if key.shape[2] > max_keys or kwargs.get("dropout", 0.0) or extras:
         return False
     if mask is None:
         causal = kwargs.get("is_causal")

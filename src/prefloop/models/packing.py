@@ -36,6 +36,26 @@ class PackedPairs:
     last: torch.Tensor  # (2B,) flat index (line * W + column) of each row's last token
     keys: torch.Tensor  # (2B, L) flat indices of each row's tokens, in order (padded with last)
     key_valid: torch.Tensor  # (2B, L) bool: which entries of `keys` are real
+    groups: AttentionGroups | None = None  # each pair's span, for attention pair by pair
+
+
+@dataclass
+class AttentionGroups:
+    """Each pair's tokens as a span of its line: no token attends outside its pair, so
+    attention can run pair by pair, (B, G, G) scores instead of the lines' (N, W, W)
+    (models/attention.py). G is the largest pair, rounded up like the lines' width."""
+
+    lines: int  # N
+    width: int  # W
+    index: torch.Tensor  # (B, G) flat positions (line * W + column); past a pair's end: its first
+    valid: torch.Tensor  # (B, G) bool: which entries of `index` are the pair's tokens
+    mask: torch.Tensor  # (B, 1, G, G) bool: the lines' mask at those positions
+    inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index`; B * G: nowhere
+
+    def pays(self) -> bool:
+        """Whether the pairs' scores are well under the lines' (gathering costs something)."""
+        b, g = self.index.shape
+        return 2 * b * g * g < self.lines * self.width * self.width
 
 
 def _long(values: list[int] | list[list[int]]) -> torch.Tensor:
@@ -98,9 +118,11 @@ def pack_pairs(
     part = [SHARED] * (n * width)
     last = [0] * (2 * b)
     keys: list[list[int]] = [[] for _ in range(2 * b)]
+    span = [0] * b  # flat position of each pair's first token
     for line, pairs in enumerate(lines):
         at = line * width
         for i in pairs:
+            span[i] = at
             s, chosen, rejected = share[i], ids_list[i], ids_list[b + i]
             start = {}
             for tokens, first, kind in ((chosen[:s], 0, SHARED), (chosen[s:], s, CHOSEN),
@@ -132,4 +154,21 @@ def pack_pairs(
         _long(last),
         keys_t,
         key_valid,
+        _groups(mask, _long(span), _long(size), n, width, multiple),
     )
+
+
+def _groups(
+    mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, n: int, width: int, multiple: int
+) -> AttentionGroups:
+    """The pairs' spans as `AttentionGroups`, their mask read from the lines' (N, W, W) one."""
+    g = round_up(int(size.max()), multiple)
+    offset = torch.arange(g)
+    valid = offset < size[:, None]  # (B, G)
+    index = span[:, None] + torch.where(valid, offset, 0)  # (B, G)
+    line, col = index // width, index % width
+    pair_mask = mask[line[:, :, None], col[:, :, None], col[:, None, :]]  # (B, G, G)
+    pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
+    inverse = torch.full((n * width,), index.numel(), dtype=torch.long)
+    inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
+    return AttentionGroups(n, width, index, valid, pair_mask.unsqueeze(1), inverse)

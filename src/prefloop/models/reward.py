@@ -27,6 +27,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from transformers.utils import logging as hf_logging
 
 from prefloop.errors import PrefloopError
+from prefloop.models.attention import attention_groups
 from prefloop.models.last_layer import contiguous_keys, last_layer_at
 from prefloop.models.lm import fuse_activation, pad_rows
 from prefloop.models.packing import PackedPairs
@@ -121,14 +122,15 @@ def packed_reward_forward(model: PreTrainedModel, packed: PackedPairs) -> torch.
     on the same rows padded (up to float rounding), for models `takes_4d_mask` accepts.
     -> (2B,)"""
     check_reward_model(model)
-    return _score_at(
-        model,
-        packed.last,
-        (packed.keys, packed.key_valid),
-        input_ids=packed.input_ids,
-        position_ids=packed.position_ids,
-        attention_mask=packed.attention_mask,
-    )
+    with attention_groups(packed.groups):  # bf16 training attends pair by pair (attention.py)
+        return _score_at(
+            model,
+            packed.last,
+            (packed.keys, packed.key_valid),
+            input_ids=packed.input_ids,
+            position_ids=packed.position_ids,
+            attention_mask=packed.attention_mask,
+        )
 
 
 # ---- tokenization -----------------------------------------------------------------------
