@@ -10,6 +10,8 @@ are on, CPU bf16 attention takes one of two routes:
   (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The
   scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
+- packed reward lines (inside `attention_groups`, models/packing.py): the math route pair by
+  pair (`grouped_attention`), since no token attends outside its pair.
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
 under autocast, so there only the value arrives in bf16 (autocast would cast all three down).
