@@ -21,17 +21,16 @@ from torch import nn
 
 def autocast_matmul_params(model: nn.Module) -> list[nn.Parameter]:
     """Trainable weights and biases of Linear and Conv1D modules that no embedding shares."""
-    embedded = {
-        id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()
-    }
-    seen: set[int] = set()
+    # a head tied to the token embedding also feeds the lookup, whose output autocast keeps
+    # float32: that weight stays float32 (skip starts with the embeddings' parameters)
+    skip = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     out = []
     for module in model.modules():
         if not (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
             continue
         for p in module.parameters(recurse=False):
-            if p.requires_grad and p.dtype == torch.float32 and id(p) not in embedded | seen:
-                seen.add(id(p))
+            if p.requires_grad and p.dtype == torch.float32 and id(p) not in skip:
+                skip.add(id(p))  # shared between modules: once
                 out.append(p)
     return out
 
