@@ -68,6 +68,40 @@ def test_scores_and_gradients_equal_the_full_forward(family, side) -> None:
         assert torch.allclose(fast_grads[name], grad, atol=1e-5), name
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bf16_training_attends_through_the_math_route(family, monkeypatch) -> None:
+    """Under CPU bf16 training the last layer's one-query attention runs as bf16 matmuls around
+    a float32 softmax (SDPA's bf16 backward is slow): scores and gradients as the full forward's
+    under autocast, up to bf16 rounding."""
+    from prefloop.models import attention
+
+    calls = []
+    math = attention.bf16_math_attention
+    monkeypatch.setattr(
+        attention,
+        "bf16_math_attention",
+        lambda *a, **k: calls.append(a[1].shape[2]) or math(*a, **k),
+    )
+    model = _model(family).train()
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (7, 3, 12, 9)]
+    ids, mask = pad_rows(rows, PAD, "right")
+
+    def run(fn):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = fn(model, ids, mask)
+        (r * torch.arange(1.0, len(rows) + 1)).sum().backward()
+        return r.detach().float(), [p.grad.clone() for p in model.parameters()]
+
+    fast, fast_grads = run(reward_forward)
+    assert 1 in calls  # the read positions' one-query attention took the math route
+    full, full_grads = run(_full_forward)
+    assert torch.allclose(fast, full, atol=2e-2, rtol=2e-2)
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        assert torch.allclose(a, b, atol=3e-2 * float(b.abs().max()) + 1e-6)
+
+
 def test_unsupported_backbones_run_unchanged() -> None:
     model = _model("gpt2")
     model.base_model.gradient_checkpointing = True  # the stand-in layer does not checkpoint

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prefloop.models.lm import build_model, save_pretrained, takes_4d_mask
-from prefloop.models.packing import pack_lines, pack_pairs, shared_prefix
+from prefloop.models.packing import line_width, pack_lines, pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
     packed_reward_forward,
@@ -188,4 +188,14 @@ def test_bf16_attention_pair_by_pair_equals_whole_lines(family, tokenizer, tmp_p
     assert len(grouped) == 1  # the first layer; the last runs at the scored tokens only
     assert torch.allclose(r_pairs, r_lines, atol=1e-2, rtol=1e-2)
     for a, b in zip(g_pairs, g_lines, strict=True):
+        assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6)
+    # so `prefloop reward --bf16` packs a batch into one line: no padding between lines
+    wide = line_width(64, bf16=True)
+    assert (line_width(64, bf16=False), line_width(0, bf16=True)) == (64, 0) and wide > 64
+    one = RewardTask(pairs, 16, 1, pack_width=wide, pad_id=pad_id).microbatches(0)[0]["packed"]
+    assert one.input_ids.shape[0] == 1 < packed.input_ids.shape[0]
+    assert one.input_ids.numel() < packed.input_ids.numel()
+    r_one, g_one = run(one)
+    assert torch.allclose(r_one, r_pairs, atol=1e-2, rtol=1e-2)
+    for a, b in zip(g_one, g_pairs, strict=True):
         assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6)

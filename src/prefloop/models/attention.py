@@ -56,7 +56,7 @@ MATH_MAX_KEYS = 192
 
 
 def bf16_math_attention(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,  # for its num_key_value_groups (None: 1)
     query: torch.Tensor,  # (B, H, Tq, D)
     key: torch.Tensor,  # (B, Hkv, Tk, D)
     value: torch.Tensor,  # (B, Hkv, Tk, D)
@@ -98,17 +98,51 @@ def grouped_attention(
     W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)"""
     n, h, w, d = query.shape
     b, g = groups.index.shape
+    index, inverse = groups.index.view(-1), groups.inverse  # (B*G,), (N*W,)
+    back = torch.where(groups.valid.view(-1), index, n * w)  # (B*G,): a pair's padding: nowhere
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (B, Hx, G, D)
         flat = x.transpose(1, 2).reshape(n * w, x.shape[1], d)
-        # index_select: its backward is index_add, much faster on CPU than indexing's index_put
-        return flat.index_select(0, groups.index.view(-1)).view(b, g, -1, d).transpose(1, 2)
+        return _Rows.apply(flat, index, inverse).view(b, g, -1, d).transpose(1, 2)
 
     out = bf16_math_attention(
         module, gather(query), gather(key), gather(value), groups.mask, scaling=scaling
     )  # (B, G, H, D)
-    rows = torch.cat([out.view(b * g, h, d), out.new_zeros(1, h, d)])  # last: for padding
-    return rows.index_select(0, groups.inverse).view(n, w, h, d)
+    return _Rows.apply(out.reshape(b * g, h, d), inverse, back).view(n, w, h, d)
+
+
+class _Rows(torch.autograd.Function):
+    """Rows of `x` by `index`, where an index one past the end reads a zero row; the gradient
+    goes back the same way, by `back`: dx = dy[back] (again one past the end: zero).
+
+    index_select computes the same forward, but its backward is an index_add into a zeroed
+    buffer, where a gather writes each row once. The gather is exact here because each row of
+    `x` that the loss depends on is read at one index i only (and back[row] = i); the other
+    reads (a pair's padding, which no real token attends to) get exactly zero gradient anyway,
+    so the result is bit for bit index_select's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(back)
+        return _select(x, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (back,) = ctx.saved_tensors
+        return _select(grad, back), None, None
+
+
+def _select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] along dim 0, where index len(x) reads zeros."""
+    if int(index.max()) < x.shape[0]:
+        return x.index_select(0, index)
+    return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, index)
+
+
+def slow_bf16_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether SDPA would run its slow CPU bf16 backward here: bf16 inputs on CPU, under grad."""
+    bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
+    return bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
 
 
 def sdpa_bf16_training(
@@ -120,9 +154,7 @@ def sdpa_bf16_training(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """transformers' `sdpa_attention_forward`, rerouted for bf16 CPU tensors under grad."""
-    bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
-    slow = bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
-    if not slow:
+    if not slow_bf16_sdpa(query, key, value):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     groups = _GROUPS.get()
     if (

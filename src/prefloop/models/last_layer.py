@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefloop.models import attention
+
 _LLAMA_LIKE = ("llama", "qwen2")
 # The stand-in replaces the model's last layer for the duration of a forward pass, so two threads
 # scoring with one model (a FastAPI threadpool in `prefloop serve-reward`) must not overlap.
@@ -71,10 +73,13 @@ def _attend(
     if kv_heads != heads:  # grouped-query attention: each key/value head serves H/K query heads
         keys = keys.repeat_interleave(heads // kv_heads, dim=1)
         values = values.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys, values, attn_mask=valid[:, None, None, :], scale=scale
-    )  # (R, H, 1, D)
-    return out.flatten(1)  # (R, H*D)
+    mask = valid[:, None, None, :]  # (R, 1, 1, L)
+    if attention.slow_bf16_sdpa(q, keys, values):
+        # one query per row: the math route's scores are tiny, and SDPA's bf16 backward is slow
+        out = attention.bf16_math_attention(None, q.unsqueeze(2), keys, values, mask, scale)
+        return out.flatten(1)  # (R, 1, H, D) -> (R, H*D)
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale)
+    return out.flatten(1)  # (R, H, 1, D) -> (R, H*D)
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
