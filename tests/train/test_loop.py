@@ -211,24 +211,33 @@ def test_resume_from_checkpoint_equals_uninterrupted(bf16, make_model, tokenizer
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 1e-3, 1e3])
-def test_clip_grad_norm_matches_torch(max_norm):
-    from prefloop.train.loop import clip_grad_norm
+def test_clipping_inside_the_fused_step_matches_torch(max_norm):
+    """grad_norm + clip_in_step + the fused AdamW step = torch's clip_grad_norm_ + the step."""
+    from prefloop.train.loop import clip_in_step, grad_norm
 
     g = torch.Generator().manual_seed(0)
-    ours = [torch.zeros(n, requires_grad=True) for n in (5, 300, 1)] + [torch.zeros(4, 3).t()]
-    for p in ours:
-        p.grad = torch.randn(p.shape, generator=g)
+    ours = [torch.randn(n, generator=g, requires_grad=True) for n in (5, 300, 1)]
+    ours.append(torch.randn(3, 4, generator=g).t().requires_grad_())  # non-contiguous
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     for a, b in zip(ours, theirs, strict=True):
+        a.grad = torch.randn(a.shape, generator=g)
         b.grad = a.grad.clone()
-    unclipped = [p.grad.clone() for p in ours]
-    norm = clip_grad_norm(ours, max_norm)
+    norm = grad_norm(ours)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
     torch.testing.assert_close(norm, expected)
-    for a, b, before in zip(ours, theirs, unclipped, strict=True):
-        torch.testing.assert_close(a.grad, b.grad)
-        if max_norm != 1e-3:  # not clipped: left bitwise as they were
-            assert torch.equal(a.grad, before)
+    opt_ours = torch.optim.AdamW(ours, lr=0.1, fused=True)
+    opt_theirs = torch.optim.AdamW(theirs, lr=0.1, fused=True)
+    clip_in_step(opt_ours, float(norm), max_norm)
+    clipped = opt_ours.grad_scale is not None  # type: ignore[attr-defined]
+    assert clipped == (max_norm == 1e-3)
+    opt_ours.step()
+    opt_theirs.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            opt_ours.state[a]["exp_avg_sq"], opt_theirs.state[b]["exp_avg_sq"]
+        )
+    assert grad_norm([torch.zeros(2, requires_grad=True)]).item() == 0.0  # no gradients
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])

@@ -75,19 +75,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The global L2 norm of the gradients, scaled down in place to `max_norm` when above it
-    (0 = never): torch's clip_grad_norm_, with each squared norm as a dot product (~2x faster
-    than vector_norm on CPU) and no rescaling pass when nothing is clipped (torch multiplies
-    by 1.0)."""
-    grads = [p.grad for p in params if p.grad is not None]
+def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the gradients, as torch's clip_grad_norm_ computes it, with each
+    squared norm as a dot product (~2x faster than vector_norm on CPU)."""
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    flat = [g.reshape(-1) for g in grads]
-    norm = torch.stack([torch.dot(g, g) for g in flat]).sum().sqrt()
-    if max_norm and math.isfinite(total := float(norm)) and total > max_norm:
-        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
-    return norm
+    return torch.stack([torch.dot(g, g) for g in grads]).sum().sqrt()
+
+
+def clip_in_step(opt: torch.optim.Optimizer, norm: float, max_norm: float) -> None:
+    """Make the next (fused) AdamW step clip the gradients to `max_norm` (0 = never).
+
+    torch's clip_grad_norm_ multiplies every gradient by max_norm / (norm + 1e-6) in a pass of
+    its own (a read and a write of all gradients: ~2% of a 21M reward step on CPU). The fused
+    kernel instead divides each gradient by `grad_scale` as it reads it (the hook GradScaler
+    uses to unscale): the same update up to float rounding. Nothing clipped: no scale at all.
+    """
+    clip = bool(max_norm) and math.isfinite(norm) and norm > max_norm
+    opt.grad_scale = torch.tensor((norm + 1e-6) / max_norm) if clip else None  # type: ignore[attr-defined]
 
 
 def cpu_computes_bf16() -> bool | None:
@@ -184,12 +190,13 @@ def _train(
             weights.collect_grads()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
-        norm = clip_grad_norm(params, cfg.max_grad_norm)
-        if not _finite(float(norm)):
-            _halt(f"gradient norm is {float(norm)} at step {step + 1}", last_good)
+        norm = float(grad_norm(params))
+        if not _finite(norm):
+            _halt(f"gradient norm is {norm} at step {step + 1}", last_good)
+        clip_in_step(opt, norm, cfg.max_grad_norm)
         opt.step()
         weights.refresh()
-        row = {"step": step + 1, "charts/lr": lr, "charts/grad_norm": float(norm), **sums}
+        row = {"step": step + 1, "charts/lr": lr, "charts/grad_norm": norm, **sums}
         if hasattr(task, "on_step_end"):
             row.update(task.on_step_end(step, model, row) or {})
         result.history.append(row)
