@@ -32,7 +32,7 @@ PEER = str(Path(__file__).resolve().parent / "peers" / "trl_reward.py")
 
 def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
     from prefloop.models.lm import takes_4d_mask
-    from prefloop.models.packing import line_width
+    from prefloop.models.packing import line_multiple, line_width
     from prefloop.models.reward import load_reward_model
     from prefloop.train.loop import LoopConfig, train
     from prefloop.train.reward import (
@@ -40,7 +40,6 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
         RewardConfig,
         RewardTask,
         encode_records,
-        width_multiple,
     )
 
     setup = common.prepare(size)
@@ -58,7 +57,7 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
         seed=common.SEED,
         pack_width=pack,
         pad_id=tok.pad_token_id,
-        width_multiple=width_multiple(bf16),  # as `prefloop reward --bf16` does
+        width_multiple=line_multiple(pack, bf16),  # as `prefloop reward --bf16` does
     )
     clock = common.StepClock(warmup)
     cfg = LoopConfig(max_steps=total, lr=1e-4, checkpoint_every=0, bf16=bf16)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prefloop.models.lm import build_model, save_pretrained, takes_4d_mask
-from prefloop.models.packing import line_width, pack_lines, pack_pairs, shared_prefix
+from prefloop.models.packing import line_multiple, line_width, pack_lines, pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
     packed_reward_forward,
@@ -118,7 +118,7 @@ def test_packed_scores_and_gradients_equal_padded(family, tokenizer, tmp_path) -
 def test_widths_rounded_to_a_multiple_score_and_train_the_same(tokenizer, tmp_path, pack_width):
     """Under bf16 the batches' token width is rounded up (fewer distinct matmul shapes): the
     extra columns are padding, so scores and gradients do not change."""
-    from prefloop.train.reward import width_multiple
+    from prefloop.models.lm import width_multiple
 
     sft = build_model("gpt2", tokenizer, n_layer=2, n_embd=32, n_head=2, context=64)
     model = build_reward_model(save_pretrained(sft, tokenizer, tmp_path), tokenizer, seed=1)
@@ -190,11 +190,13 @@ def test_bf16_attention_pair_by_pair_equals_whole_lines(family, tokenizer, tmp_p
     for a, b in zip(g_pairs, g_lines, strict=True):
         assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6)
     # so `prefloop reward --bf16` packs a batch into one line: no padding between lines
-    wide = line_width(64, bf16=True)
+    wide, multiple = line_width(64, bf16=True), line_multiple(64, bf16=True)
     assert (line_width(64, bf16=False), line_width(0, bf16=True)) == (64, 0) and wide > 64
-    one = RewardTask(pairs, 16, 1, pack_width=wide, pad_id=pad_id).microbatches(0)[0]["packed"]
+    assert (line_multiple(64, bf16=False), line_multiple(0, bf16=True)) == (1, 8)
+    task = RewardTask(pairs, 16, 1, pack_width=wide, pad_id=pad_id, width_multiple=multiple)
+    one = task.microbatches(0)[0]["packed"]
     assert one.input_ids.shape[0] == 1 < packed.input_ids.shape[0]
-    assert one.input_ids.numel() < packed.input_ids.numel()
+    assert one.input_ids.shape[1] % multiple == 0
     r_one, g_one = run(one)
     assert torch.allclose(r_one, r_pairs, atol=1e-2, rtol=1e-2)
     for a, b in zip(g_one, g_pairs, strict=True):

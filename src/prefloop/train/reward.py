@@ -26,8 +26,8 @@ from torch import nn
 
 from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
-from prefloop.models.lm import pad_rows, round_up, takes_4d_mask, width_multiple
-from prefloop.models.packing import line_width, pack_pairs
+from prefloop.models.lm import pad_rows, round_up, takes_4d_mask
+from prefloop.models.packing import line_multiple, line_width, pack_pairs
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
@@ -321,10 +321,10 @@ def train_reward_model(
         if pairs is None:
             max_length = cfg.max_length or max_positions(model)
             pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
+        pack = line_width(cfg.pack_width, cfg.bf16) if takes_4d_mask(model) else 0
         task = RewardTask(
             pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef,
-            cfg.group_by_length, line_width(cfg.pack_width, cfg.bf16) if takes_4d_mask(model)
-            else 0, pad_id, width_multiple(cfg.bf16),
+            cfg.group_by_length, pack, pad_id, line_multiple(pack, cfg.bf16),
         )  # fmt: skip
         loop_cfg = dataclasses.replace(cfg, seed=cfg.seed + i, max_steps=_steps(cfg, len(pairs)))
         member_dir = run_dir / f"member-{i:02d}" if cfg.ensemble > 1 else run_dir
