@@ -119,7 +119,8 @@ class RewardConfig(LoopConfig):
     pack_width: int = option(
         192,
         "pack pairs end to end in lines of this many tokens, each prompt once, no padding "
-        "(0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
+        "(with --bf16 lines of at least 1024, one per batch: attention runs pair by pair; "
+        "0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
     )
     max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
     lr: float = option(5e-4, "peak learning rate")
