@@ -103,17 +103,17 @@ def grouped_attention(
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (B, Hx, G, D)
         flat = x.transpose(1, 2).reshape(n * w, x.shape[1], d)
-        return _Rows.apply(flat, index, inverse).view(b, g, -1, d).transpose(1, 2)
+        return _Rows.apply(flat, index, inverse, False).view(b, g, -1, d).transpose(1, 2)
 
     out = bf16_math_attention(
         module, gather(query), gather(key), gather(value), groups.mask, scaling=scaling
     )  # (B, G, H, D)
-    return _Rows.apply(out.reshape(b * g, h, d), inverse, back).view(n, w, h, d)
+    return _Rows.apply(out.reshape(b * g, h, d), inverse, back, True).view(n, w, h, d)
 
 
 class _Rows(torch.autograd.Function):
-    """Rows of `x` by `index`, where an index one past the end reads a zero row; the gradient
-    goes back the same way, by `back`: dx = dy[back] (again one past the end: zero).
+    """Rows of `x` by `index`, where (with `pad`) an index one past the end reads a zero row;
+    the gradient goes back the same way, by `back`: dx = dy[back] (one past the end: zero).
 
     index_select computes the same forward, but its backward is an index_add into a zeroed
     buffer, where a gather writes each row once. The gather is exact here because each row of
@@ -122,20 +122,20 @@ class _Rows(torch.autograd.Function):
     so the result is bit for bit index_select's."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor, pad: bool
+    ) -> torch.Tensor:
         ctx.save_for_backward(back)
-        return _select(x, index)
+        return _select(x, index) if pad else x.index_select(0, index)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (back,) = ctx.saved_tensors
-        return _select(grad, back), None, None
+        return _select(grad, back), None, None, None
 
 
 def _select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[index] along dim 0, where index len(x) reads zeros."""
-    if int(index.max()) < x.shape[0]:
-        return x.index_select(0, index)
     return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, index)
 
 
