@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prefloop.models.lm import round_up, width_multiple
+from prefloop.models.lm import BF16_WIDTH_MULTIPLE, round_up, width_multiple
 
 SHARED, CHOSEN, REJECTED = 0, 1, 2  # which part of a pair a token belongs to
 
@@ -66,7 +66,7 @@ class PackedPairs:
 class AttentionGroups:
     """Each pair's tokens as a span of its line: no token attends outside its pair, so
     attention can run pair by pair, (B, G, G) scores instead of the lines' (N, W, W)
-    (models/attention.py). G is the largest pair, rounded up like the lines' width."""
+    (models/attention.py). G is the largest pair, rounded up (see `_groups`)."""
 
     lines: int  # N
     width: int  # W
@@ -184,8 +184,10 @@ def pack_pairs(
 def _groups(
     mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, n: int, width: int, multiple: int
 ) -> AttentionGroups:
-    """The pairs' spans as `AttentionGroups`, their mask read from the lines' (N, W, W) one."""
-    g = round_up(int(size.max()), multiple)
+    """The pairs' spans as `AttentionGroups`, their mask read from the lines' (N, W, W) one.
+    G is rounded up like the lines' width but to at most BF16_WIDTH_MULTIPLE: the one bf16
+    line's multiple of 64 would pad every pair of the (B, G, G) scores by up to 63 tokens."""
+    g = round_up(int(size.max()), min(multiple, BF16_WIDTH_MULTIPLE))
     offset = torch.arange(g)
     valid = offset < size[:, None]  # (B, G)
     index = span[:, None] + torch.where(valid, offset, 0)  # (B, G)
