@@ -18,7 +18,7 @@ Shapes: B pairs, 2B rows (chosen rows first, then rejected), N lines of W tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -72,8 +72,19 @@ class AttentionGroups:
     width: int  # W
     index: torch.Tensor  # (B, G) flat positions (line * W + column); past a pair's end: its first
     valid: torch.Tensor  # (B, G) bool: which entries of `index` are the pair's tokens
-    mask: torch.Tensor  # (B, 1, G, G) bool: the lines' mask at those positions
+    hidden: torch.Tensor  # (1, B, G, G) bool: True where the lines' mask hides a key
     inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index`; B * G: nowhere
+    _bias: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def bias(self, heads: int) -> torch.Tensor:
+        """The pairs' mask as a bf16 additive bias for `heads` heads, heads first: (H * B, G, G)
+        (built once per batch, read by every layer's forward)."""
+        if heads not in self._bias:
+            b, g = self.index.shape
+            bias = torch.zeros(1, b, g, g, dtype=torch.bfloat16)
+            bias.masked_fill_(self.hidden, torch.finfo(torch.bfloat16).min)
+            self._bias[heads] = bias.expand(heads, b, g, g).reshape(heads * b, g, g)
+        return self._bias[heads]
 
     def pays(self) -> bool:
         """Whether the pairs' scores are well under the lines' (gathering costs something)."""
@@ -196,4 +207,4 @@ def _groups(
     pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
     inverse = torch.full((n * width,), index.numel(), dtype=torch.long)
     inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
-    return AttentionGroups(n, width, index, valid, pair_mask.unsqueeze(1), inverse)
+    return AttentionGroups(n, width, index, valid, ~pair_mask.unsqueeze(0), inverse)
