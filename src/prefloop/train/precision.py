@@ -54,6 +54,7 @@ class MasterWeights:
         ]
         self.others = [p for p in model.parameters() if p.requires_grad and id(p) not in master_of]
         self._first_backward = True
+        self.squares: dict[int, torch.Tensor] = {}  # id(master) -> its gradient's squared norm
         self._cast()
 
     def _cast(self) -> None:
@@ -67,10 +68,14 @@ class MasterWeights:
             p.grad = None
         self._first_backward = True
 
-    def collect_grads(self) -> None:
+    def collect_grads(self, last: bool = True) -> None:
         """Move the working weights' bf16 gradients into the masters' float32 ones (after each
-        backward, so gradient accumulation sums in float32; the masters' buffers are reused)."""
+        backward, so gradient accumulation sums in float32; the masters' buffers are reused).
+        After the `last` micro-batch, also each master gradient's squared norm (`squares`, for
+        the clipping norm): taken right after the write, it reads the gradient from cache
+        rather than memory (~1.5 ms of a 21M reward step)."""
         first, self._first_backward = self._first_backward, False
+        self.squares = {}
         for p, m in self.pairs:
             if p.grad is None:
                 if first:
@@ -83,6 +88,9 @@ class MasterWeights:
             else:
                 m.grad.add_(p.grad)
             p.grad = None
+            if last:
+                g = m.grad.reshape(-1)
+                self.squares[id(m)] = torch.dot(g, g)
 
     def refresh(self) -> None:
         """After the optimizer step: the working weights are the updated masters, rounded."""
