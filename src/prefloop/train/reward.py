@@ -197,6 +197,7 @@ class RewardTask:
     width_multiple: int = 1  # batches' token width rounded up to this (`width_multiple()`)
 
     GROUP = 32  # batches per length-sorting window
+    prefetch = True  # batches depend only on (seed, step): the loop makes the next one ahead
 
     def __post_init__(self) -> None:
         if not len(self.pairs):
