@@ -34,7 +34,7 @@ MAX_LENGTH = 64
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(common.SIZES), default="tiny")
-    ap.add_argument("--mode", choices=["defaults", "bf16", "plain"], default="plain")
+    ap.add_argument("--mode", choices=["defaults", "bf16", "plain", "compile"], default="plain")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (after warmup)")
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
@@ -51,6 +51,7 @@ def main() -> None:
         "defaults": {},
         "bf16": {"bf16": True, "gradient_checkpointing": False},
         "plain": {"bf16": False, "gradient_checkpointing": False},
+        "compile": {"bf16": True, "gradient_checkpointing": False, "torch_compile": True},
     }[args.mode]
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(

@@ -252,7 +252,7 @@ def test_clipping_inside_the_fused_step_matches_torch(max_norm):
     norm = grad_norm(ours)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
     torch.testing.assert_close(norm, expected)
-    # squares taken earlier (the masters', in collect_grads) stand in for their parameters
+    # squares taken earlier (the masters', as backward makes them) stand in for their parameters
     taken = {id(ours[1]): torch.tensor(0.0)}
     torch.testing.assert_close(grad_norm(ours, taken) ** 2, norm**2 - ours[1].grad.square().sum())
     opt_ours = torch.optim.AdamW(ours, lr=0.1, fused=True)

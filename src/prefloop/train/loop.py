@@ -81,7 +81,7 @@ def grad_norm(
 ) -> torch.Tensor:
     """The global L2 norm of the gradients, as torch's clip_grad_norm_ computes it, with each
     squared norm as a dot product (~2x faster than vector_norm on CPU); `squares` holds ones
-    already taken, by id of the parameter (MasterWeights.collect_grads)."""
+    already taken, by id of the parameter (MasterWeights, as backward makes the gradients)."""
     squares = squares or {}
     sq = [
         squares[id(p)] if id(p) in squares else torch.dot(p.grad.reshape(-1), p.grad.reshape(-1))
@@ -197,10 +197,11 @@ def _train(
                 loss, metrics = task.loss(model, batch)
             if not _finite(loss.item()):
                 _halt(f"loss is {loss.item()} at step {step + 1}", last_good)
+            weights.begin_backward(last=i == len(batches) - 1)
             (loss / len(batches)).backward()
-            weights.collect_grads(last=i == len(batches) - 1)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
+        weights.end_step_backward()
         norm = float(grad_norm(params, weights.squares))
         if not _finite(norm):
             _halt(f"gradient norm is {norm} at step {step + 1}", last_good)

@@ -53,8 +53,12 @@ class MasterWeights:
             master_of.get(id(p), p) for p in model.parameters() if p.requires_grad
         ]
         self.others = [p for p in model.parameters() if p.requires_grad and id(p) not in master_of]
-        self._first_backward = True
         self.squares: dict[int, torch.Tensor] = {}  # id(master) -> its gradient's squared norm
+        self._master = {id(p): m for p, m in self.pairs}
+        self._seen: set[int] = set()  # masters given a gradient in this step
+        self._last = True
+        # each working weight's gradient moves into its master as soon as backward makes it
+        self._hooks = [p.register_post_accumulate_grad_hook(self._collect) for p, _ in self.pairs]
         self._cast()
 
     def _cast(self) -> None:
@@ -62,35 +66,43 @@ class MasterWeights:
             p.data = m.data.to(self.dtype)
 
     def zero_grad(self) -> None:
-        """Start a step: clear the float32 parameters' gradients; the next `collect_grads`
-        overwrites the masters' (their buffers are kept: no fresh pages every step)."""
+        """Start a step: clear the float32 parameters' gradients; the masters' are overwritten
+        by the step's first backward (their buffers are kept: no fresh pages every step)."""
         for p in self.others:
             p.grad = None
-        self._first_backward = True
-
-    def collect_grads(self, last: bool = True) -> None:
-        """Move the working weights' bf16 gradients into the masters' float32 ones (after each
-        backward, so gradient accumulation sums in float32; the masters' buffers are reused).
-        After the `last` micro-batch, also each master gradient's squared norm (`squares`, for
-        the clipping norm): taken right after the write, it reads the gradient from cache
-        rather than memory (~1.5 ms of a 21M reward step)."""
-        first, self._first_backward = self._first_backward, False
+        self._seen = set()
         self.squares = {}
-        for p, m in self.pairs:
-            if p.grad is None:
-                if first:
-                    m.grad = None
-                continue
+
+    def begin_backward(self, last: bool = True) -> None:
+        """Before each backward: whether it is the step's `last` (then the masters' gradients
+        are final and their squared norms are taken, `squares`, for the clipping norm)."""
+        self._last = last
+
+    def _collect(self, p: torch.Tensor) -> None:
+        """Backward hook: the working weight's bf16 gradient, just written (still in cache),
+        moves into its master's float32 one (summed there over micro-batches); the bf16
+        buffer is freed at once, for the next weight's gradient to reuse."""
+        m, grad = self._master[id(p)], p.grad
+        assert grad is not None
+        if id(m) not in self._seen:
+            self._seen.add(id(m))
             if m.grad is None:
-                m.grad = p.grad.to(torch.float32)
-            elif first:
-                m.grad.copy_(p.grad)
+                m.grad = grad.to(torch.float32)
             else:
-                m.grad.add_(p.grad)
-            p.grad = None
-            if last:
-                g = m.grad.reshape(-1)
-                self.squares[id(m)] = torch.dot(g, g)
+                m.grad.copy_(grad)
+        else:
+            m.grad.add_(grad)  # type: ignore[union-attr]
+        p.grad = None
+        if self._last:
+            g = m.grad.reshape(-1)  # type: ignore[union-attr]
+            self.squares[id(m)] = torch.dot(g, g)
+
+    def end_step_backward(self) -> None:
+        """After the step's last backward: a master whose weight got no gradient has none
+        (AdamW skips it, as it would the float32 parameter)."""
+        for _, m in self.pairs:
+            if id(m) not in self._seen:
+                m.grad = None
 
     def refresh(self) -> None:
         """After the optimizer step: the working weights are the updated masters, rounded."""
@@ -109,7 +121,10 @@ class MasterWeights:
             self._cast()
 
     def release(self) -> None:
-        """The model keeps its float32 masters for good (training is over)."""
+        """The model keeps its float32 masters for good (training is over), and no hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         for p, m in self.pairs:
             p.data = m.data
             p.grad = None
