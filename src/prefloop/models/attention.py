@@ -103,8 +103,8 @@ def grouped_attention(
     scaling: float | None = None,
 ) -> torch.Tensor:
     """`bf16_math_attention` pair by pair: each pair's tokens gathered from its line into
-    (H, B, G, D), attended under the pair's own mask, and put back; positions of no pair
-    (padding) get zeros, which no real token reads. A line of W tokens holding k pairs costs
+    (H, B, G, D), attended under the pair's own mask, and put back; a position of no pair
+    (padding) gets a copy of some real token's output, which no real token reads. A line of W tokens holding k pairs costs
     W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
 
     Heads lead, pairs second: the gathers then write each (G, D) block contiguously, and
@@ -112,11 +112,10 @@ def grouped_attention(
     n, h, w, d = query.shape
     b, g = groups.index.shape
     index, inverse = groups.index.view(-1), groups.inverse  # (B*G,), (N*W,)
-    back = torch.where(groups.valid.view(-1), index, n * w)  # (B*G,): a pair's padding: nowhere
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (Hx, B, G, D)
         flat = x.transpose(0, 1).reshape(x.shape[1], n * w, d)  # a view for one line
-        return _Rows.apply(flat, index, inverse, False).view(-1, b, g, d)
+        return _Rows.apply(flat, index, inverse, groups.unpaired).view(-1, b, g, d)
 
     n_rep = getattr(module, "num_key_value_groups", 1)
     with torch.autocast("cpu", enabled=False):
@@ -130,37 +129,32 @@ def grouped_attention(
         scores = torch.baddbmm(groups.bias(h), q, k.transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
         out = torch.bmm(probs, v)  # (H*B, G, D)
-    out = _Rows.apply(out.view(h, b * g, d), inverse, back, True)  # (H, N*W, D)
+    out = _Rows.apply(out.view(h, b * g, d), inverse, index, groups.padding)  # (H, N*W, D)
     return out.view(h, n, w, d).permute(1, 2, 0, 3)
 
 
 class _Rows(torch.autograd.Function):
-    """Rows of `x` (along dim 1) by `index`, where (with `pad`) an index one past the end reads
-    a zero row; the gradient goes back the same way, by `back`: dx = dy[:, back] (one past the
-    end: zero).
+    """y = x[:, index]; the gradient goes back the same way: dx = dy[:, back], with the entries
+    `zero` of dx set to zero.
 
     index_select computes the same forward, but its backward is an index_add into a zeroed
-    buffer, where a gather writes each row once. The gather is exact here because each row of
-    `x` that the loss depends on is read at one index i only (and back[row] = i); the other
-    reads (a pair's padding, which no real token attends to) get exactly zero gradient anyway,
-    so the result is bit for bit index_select's."""
+    buffer, where a gather writes each entry once. The gather is exact here: each entry of `x`
+    that the loss depends on is read at one index i only (and back of it = i); the other reads
+    (a pair's padding, which no real token attends to; a position in no pair, which no real
+    token reads) get exactly zero gradient anyway, and the entries of `x` that matter only to
+    them are the `zero` ones. So the result is bit for bit index_select's."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor, pad: bool
+        ctx: Any, x: torch.Tensor, index: torch.Tensor, back: torch.Tensor, zero: torch.Tensor
     ) -> torch.Tensor:
-        ctx.save_for_backward(back)
-        return _select(x, index) if pad else x.index_select(1, index)
+        ctx.save_for_backward(back, zero)
+        return x.index_select(1, index)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (back,) = ctx.saved_tensors
-        return _select(grad, back), None, None, None
-
-
-def _select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[:, index], where index x.shape[1] reads zeros."""
-    return torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1).index_select(1, index)
+        back, zero = ctx.saved_tensors
+        return grad.index_select(1, back).index_fill_(1, zero, 0), None, None, None
 
 
 def slow_bf16_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:

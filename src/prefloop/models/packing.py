@@ -73,7 +73,9 @@ class AttentionGroups:
     index: torch.Tensor  # (B, G) flat positions (line * W + column); past a pair's end: its first
     valid: torch.Tensor  # (B, G) bool: which entries of `index` are the pair's tokens
     hidden: torch.Tensor  # (1, B, G, G) bool: True where the lines' mask hides a key
-    inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index`; B * G: nowhere
+    inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index` (no pair: 0)
+    unpaired: torch.Tensor  # positions (of N * W) in no pair: the lines' padding
+    padding: torch.Tensor  # entries (of B * G) past their pair's end
     _bias: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def bias(self, heads: int) -> torch.Tensor:
@@ -205,6 +207,13 @@ def _groups(
     line, col = index // width, index % width
     pair_mask = mask[line[:, :, None], col[:, :, None], col[:, None, :]]  # (B, G, G)
     pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
-    inverse = torch.full((n * width,), index.numel(), dtype=torch.long)
+    # a position in no pair reads entry 0 (a real token's; nothing reads that position back)
+    inverse = torch.zeros(n * width, dtype=torch.long)
     inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
-    return AttentionGroups(n, width, index, valid, ~pair_mask.unsqueeze(0), inverse)
+    paired = torch.zeros(n * width, dtype=torch.bool)
+    paired[index[valid]] = True
+    unpaired = (~paired).nonzero().view(-1)
+    padding = (~valid).view(-1).nonzero().view(-1)
+    return AttentionGroups(
+        n, width, index, valid, ~pair_mask.unsqueeze(0), inverse, unpaired, padding
+    )
