@@ -80,9 +80,10 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     }
 
 
-# TRL's RewardConfig modes: plain (float32), bf16 (autocast, no checkpointing) and its defaults
-# (bf16 + gradient checkpointing). On a CPU with AVX512-BF16 bf16 can be the faster one.
-TRL_MODES = ("plain", "bf16", "defaults")
+# TRL's RewardConfig modes: plain (float32), bf16 (autocast, no checkpointing), its defaults
+# (bf16 + gradient checkpointing) and compile (bf16 + torch_compile: Inductor over the model; its
+# compile time falls in the warmup steps). On a CPU with AVX512-BF16 bf16 can be the faster one.
+TRL_MODES = ("plain", "bf16", "defaults", "compile")
 
 
 def compare(size: str, repeats: int, steps: int, warmup: int, bf16: bool = True) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def compare(size: str, repeats: int, steps: int, warmup: int, bf16: bool = True)
         },
     }
     if bf16:
-        trl_bf16 = fastest(["trl-bf16", "trl-defaults"])
+        trl_bf16 = fastest(["trl-bf16", "trl-defaults", "trl-compile"])
         pair = common.pair_summary(runs, "prefloop-bf16", trl_bf16)
         out["bf16"] = {"trl_compared": trl_bf16, **pair}
     return out
@@ -155,7 +156,7 @@ def main() -> None:
         return
     out: dict[str, Any] = {"target": "prefloop >= 2x TRL throughput, no more peak RSS"}
     print(
-        "| size | prefloop fp32 / bf16 step ms | TRL plain / bf16 / defaults step ms | "
+        "| size | prefloop fp32 / bf16 step ms | TRL plain / bf16 / defaults / compile step ms | "
         "fp32 vs fp32 | bf16 vs TRL's faster bf16 | best vs best | RSS MB prefloop / TRL (best) |"
         "\n|---|---|---|---|---|---|---|"
     )
@@ -169,7 +170,8 @@ def main() -> None:
         h = r["headline"]
         print(
             f"| {size} | {ms('prefloop')} / {ms('prefloop-bf16')} | {ms('trl-plain')} / "
-            f"{ms('trl-bf16')} / {ms('trl-defaults')} | {r['fp32']['speedup']:.2f}x | "
+            f"{ms('trl-bf16')} / {ms('trl-defaults')} / {ms('trl-compile')} | "
+            f"{r['fp32']['speedup']:.2f}x | "
             f"{bf16_ratio(r)} | {h['speedup']:.2f}x "
             f"({h['prefloop']} vs {h['trl_compared']}) | {h['a']['peak_rss_mb']:.0f} / "
             f"{h['b']['peak_rss_mb']:.0f} |",

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/peers/trl_reward.py --size tiny --mode plain
 `--mode defaults` keeps RewardConfig's defaults (bf16 autocast + gradient checkpointing);
-`--mode plain` turns both off (float32); `--mode bf16` keeps bf16 without checkpointing. Batch 16 pairs, max_length 64, the pairs and the
+`--mode plain` turns both off (float32); `--mode bf16` keeps bf16 without checkpointing;
+`--mode compile` is bf16 with `torch_compile=True`. Batch 16 pairs, max_length 64, the pairs and the
 initial sequence-classifier weights bench/common.py writes. Step time = wall clock between
 consecutive `on_step_end` callbacks; the first `--warmup` steps are excluded.
 """
