@@ -72,6 +72,26 @@ def test_batches_made_ahead_in_a_thread_train_the_same(make_model, tokenizer, te
         assert torch.equal(pa, pb), name
 
 
+class _FailsAhead(_Ahead):
+    def microbatches(self, step):
+        if step == 2:
+            raise PrefloopError("bad batch at step 3")
+        return super().microbatches(step)
+
+
+def test_an_error_made_ahead_stops_training_and_the_batch_thread(
+    make_model, tokenizer, texts, tmp_path
+):
+    import threading
+
+    task = _FailsAhead(_rows(tokenizer, texts), [], 4, 1, tokenizer.pad_token_id)
+    task.threads = []
+    with pytest.raises(PrefloopError, match="bad batch at step 3"):
+        train(make_model("gpt2"), task, _cfg(max_steps=5), tmp_path, progress=False)
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("prefloop-batches")]
+    assert alive == []
+
+
 def test_every_parameter_changes_after_a_step(make_model, tokenizer, texts, tmp_path):
     rows = _rows(tokenizer, texts)
     model = make_model("llama")

@@ -103,9 +103,12 @@ def grouped_attention(
     scaling: float | None = None,
 ) -> torch.Tensor:
     """`bf16_math_attention` pair by pair: each pair's tokens gathered from its line into
-    (H, B, G, D), attended under the pair's own mask, and put back; a position of no pair
-    (padding) gets a copy of some real token's output, which no real token reads. A line of W tokens holding k pairs costs
-    W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
+    (H, B, G, D), attended under the pair's own mask, and put back. A line of W tokens holding
+    k pairs costs W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
+
+    A position of no pair (padding) gets a copy of some real token's output, and no gradient
+    goes back from it: exact because nothing the loss depends on reads those positions (no
+    real token attends to them; a reward model reads only each row's last token).
 
     Heads lead, pairs second: the gathers then write each (G, D) block contiguously, and
     the matmuls get contiguous operands (strided ones take ~2x as long on CPU)."""
@@ -114,7 +117,7 @@ def grouped_attention(
     index, inverse = groups.index.view(-1), groups.inverse  # (B*G,), (N*W,)
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (Hx, B, G, D)
-        flat = x.transpose(0, 1).reshape(x.shape[1], n * w, d)  # a view for one line
+        flat = x.transpose(0, 1).reshape(x.shape[1], n * w, d)  # a view of (N, W, H, D) data
         return _Rows.apply(flat, index, inverse, groups.unpaired).view(-1, b, g, d)
 
     n_rep = getattr(module, "num_key_value_groups", 1)
@@ -123,9 +126,10 @@ def grouped_attention(
         k, v = (_repeat_heads(gather(x).to(torch.bfloat16), n_rep).view(h * b, g, d)
                 for x in (key, value))  # fmt: skip
         scale = scaling if scaling is not None else d**-0.5
-        # scale and mask inside the matmul (as transformers' eager attention does under
-        # autocast, the scaled, masked scores are bf16): ~1.5 ms less per layer (fwd + bwd)
-        # than float32 scores scaled and masked in passes of their own
+        # scale and mask inside the matmul: the scaled, masked scores are bf16, rounded once
+        # (eager attention under autocast rounds them twice); ~1.5 ms less per layer (fwd +
+        # bwd) than float32 scores scaled and masked in passes of their own. The same numbers
+        # as those when the scale is a power of two (head size 16, 64, 256)
         scores = torch.baddbmm(groups.bias(h), q, k.transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
         out = torch.bmm(probs, v)  # (H*B, G, D)

@@ -76,7 +76,9 @@ class AttentionGroups:
     inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index` (no pair: 0)
     unpaired: torch.Tensor  # positions (of N * W) in no pair: the lines' padding
     padding: torch.Tensor  # entries (of B * G) past their pair's end
-    _bias: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _bias: dict[int, torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def bias(self, heads: int) -> torch.Tensor:
         """The pairs' mask as a bf16 additive bias for `heads` heads, heads first: (H * B, G, G)

@@ -80,8 +80,9 @@ def grad_norm(
     params: Sequence[torch.Tensor], squares: dict[int, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """The global L2 norm of the gradients, as torch's clip_grad_norm_ computes it, with each
-    squared norm as a dot product (~2x faster than vector_norm on CPU); `squares` holds ones
-    already taken, by id of the parameter (MasterWeights, as backward makes the gradients)."""
+    squared norm as a dot product (~2x faster than vector_norm on CPU). `squares` holds ones
+    already taken, by id of the parameter (MasterWeights, as backward makes the gradients); a
+    parameter without one gets its square computed here."""
     squares = squares or {}
     sq = [
         squares[id(p)] if id(p) in squares else torch.dot(p.grad.reshape(-1), p.grad.reshape(-1))
@@ -130,10 +131,13 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = MasterWeights(model, bf16=cfg.bf16)
+    ahead = _Prefetch(task) if getattr(task, "prefetch", False) else None
     try:
-        return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
+        return _train(model, task, cfg, run_dir, weights, ahead, resume, desc, progress)
     finally:
         weights.release()  # the model leaves with its float32 weights, whatever happened
+        if ahead is not None:
+            ahead.close()  # no batch is still being made for a step that will not run
 
 
 def _train(
@@ -142,6 +146,7 @@ def _train(
     cfg: LoopConfig,
     run_dir: Path,
     weights: MasterWeights,
+    ahead: _Prefetch | None,
     resume: bool,
     desc: str,
     progress: bool,
@@ -180,7 +185,6 @@ def _train(
         total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True
     )
     last_good = latest_checkpoint(ckpt_dir)
-    ahead = _Prefetch(task) if getattr(task, "prefetch", False) else None
     for step in range(start, cfg.max_steps):
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
@@ -246,9 +250,10 @@ def _train(
 
 class _Prefetch:
     """Makes step k+1's micro-batches in a background thread while step k trains, for tasks
-    whose batches do not depend on the model (`prefetch = True`: reward pairs). Collating is
-    Python work on one core (~1% of a 21M reward step); most of a step is torch kernels, which
-    release the GIL. Not for PPO: its batches are rollouts of the model being trained."""
+    whose batches do not depend on the model (`prefetch = True`: reward pairs); they are made
+    outside autocast. Collating is Python work on one core (~1% of a 21M reward step); most of
+    a step is torch kernels, which release the GIL. Not for PPO: its batches are rollouts of
+    the model being trained."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -265,9 +270,12 @@ class _Prefetch:
         self.next = None
         if step < last:
             self.next = (step + 1, self.pool.submit(self.task.microbatches, step + 1))
-        else:
-            self.pool.shutdown(wait=False)
         return batches
+
+    def close(self) -> None:
+        """Stop the thread (training ended, or stopped with an error)."""
+        self.next = None
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _autocast(device: str, cfg: LoopConfig) -> torch.autocast:

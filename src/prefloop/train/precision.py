@@ -66,16 +66,18 @@ class MasterWeights:
             p.data = m.data.to(self.dtype)
 
     def zero_grad(self) -> None:
-        """Start a step: clear the float32 parameters' gradients; the masters' are overwritten
-        by the step's first backward (their buffers are kept: no fresh pages every step)."""
+        """Start a step: clear the float32 parameters' gradients; each master's is overwritten
+        by the step's first backward that reaches its weight (the buffers are kept: no fresh
+        pages every step)."""
         for p in self.others:
             p.grad = None
         self._seen = set()
         self.squares = {}
 
     def begin_backward(self, last: bool = True) -> None:
-        """Before each backward: whether it is the step's `last` (then the masters' gradients
-        are final and their squared norms are taken, `squares`, for the clipping norm)."""
+        """Before each backward: whether it is the step's `last` (then the gradients of the
+        masters it reaches are final and their squared norms are taken, `squares`, for the
+        clipping norm; `grad_norm` computes the others')."""
         self._last = last
 
     def _collect(self, p: torch.Tensor) -> None:

@@ -225,10 +225,11 @@ class RewardTask:
         k, end = start, start + n
         while k < end:  # one slice per epoch the positions touch
             epoch, pos = divmod(k, len(self.pairs))
-            if self._order is None or self._order[0] != epoch:
-                self._order = (epoch, self._epoch_order(epoch))
+            order = self._order  # one read: the loop may call this from its batch thread
+            if order is None or order[0] != epoch:
+                order = self._order = (epoch, self._epoch_order(epoch))
             take = min(len(self.pairs) - pos, end - k)
-            out.append(self._order[1][pos : pos + take])
+            out.append(order[1][pos : pos + take])
             k += take
         return torch.cat(out)
 
