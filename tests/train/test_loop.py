@@ -45,53 +45,6 @@ def test_one_batch_of_8_equals_8_accumulated_batches_of_1(make_model, tokenizer,
         assert torch.allclose(pa, pb, atol=1e-6), name
 
 
-class _Ahead(LanguageModelingTask):
-    """Batches made ahead by the loop (`prefetch`), noting the thread that made each step's."""
-
-    prefetch = True
-    threads: list[str]
-
-    def microbatches(self, step):
-        import threading
-
-        self.threads.append(threading.current_thread().name)
-        return super().microbatches(step)
-
-
-def test_batches_made_ahead_in_a_thread_train_the_same(make_model, tokenizer, texts, tmp_path):
-    rows = _rows(tokenizer, texts)
-    ahead = _Ahead(rows, [], 4, 1, tokenizer.pad_token_id)
-    ahead.threads = []
-    a, b = make_model("gpt2"), make_model("gpt2")
-    train(a, ahead, _cfg(max_steps=4), tmp_path / "a", progress=False)
-    train(b, LanguageModelingTask(rows, [], 4, 1, tokenizer.pad_token_id), _cfg(max_steps=4),
-          tmp_path / "b", progress=False)  # fmt: skip
-    assert len(ahead.threads) == 4  # one call per step, none past the last
-    assert all(t.startswith("prefloop-batches") for t in ahead.threads[1:])
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert torch.equal(pa, pb), name
-
-
-class _FailsAhead(_Ahead):
-    def microbatches(self, step):
-        if step == 2:
-            raise PrefloopError("bad batch at step 3")
-        return super().microbatches(step)
-
-
-def test_an_error_made_ahead_stops_training_and_the_batch_thread(
-    make_model, tokenizer, texts, tmp_path
-):
-    import threading
-
-    task = _FailsAhead(_rows(tokenizer, texts), [], 4, 1, tokenizer.pad_token_id)
-    task.threads = []
-    with pytest.raises(PrefloopError, match="bad batch at step 3"):
-        train(make_model("gpt2"), task, _cfg(max_steps=5), tmp_path, progress=False)
-    alive = [t.name for t in threading.enumerate() if t.name.startswith("prefloop-batches")]
-    assert alive == []
-
-
 def test_every_parameter_changes_after_a_step(make_model, tokenizer, texts, tmp_path):
     rows = _rows(tokenizer, texts)
     model = make_model("llama")

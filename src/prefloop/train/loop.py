@@ -13,7 +13,6 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,13 +130,10 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = MasterWeights(model, bf16=cfg.bf16)
-    ahead = _Prefetch(task) if getattr(task, "prefetch", False) else None
     try:
-        return _train(model, task, cfg, run_dir, weights, ahead, resume, desc, progress)
+        return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
     finally:
         weights.release()  # the model leaves with its float32 weights, whatever happened
-        if ahead is not None:
-            ahead.close()  # no batch is still being made for a step that will not run
 
 
 def _train(
@@ -146,7 +142,6 @@ def _train(
     cfg: LoopConfig,
     run_dir: Path,
     weights: MasterWeights,
-    ahead: _Prefetch | None,
     resume: bool,
     desc: str,
     progress: bool,
@@ -189,11 +184,8 @@ def _train(
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        if ahead is not None:
-            batches = ahead.get(step, last=cfg.max_steps - 1)
-        else:
-            with _autocast(device, cfg):  # a task that makes experience (PPO) does it here
-                batches = task.microbatches(step)
+        with _autocast(device, cfg):  # a task that makes experience (PPO) does it here
+            batches = task.microbatches(step)
         weights.zero_grad()
         sums: dict[str, float] = {}
         for i, batch in enumerate(batches):
@@ -246,36 +238,6 @@ def _train(
     result.seconds = time.perf_counter() - t0
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.history))
     return result
-
-
-class _Prefetch:
-    """Makes step k+1's micro-batches in a background thread while step k trains, for tasks
-    whose batches do not depend on the model (`prefetch = True`: reward pairs); they are made
-    outside autocast. Collating is Python work on one core (~1% of a 21M reward step); most of
-    a step is torch kernels, which release the GIL. Not for PPO: its batches are rollouts of
-    the model being trained."""
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefloop-batches")
-        self.next: tuple[int, Future[Sequence[Any]]] | None = None
-
-    def get(self, step: int, last: int) -> Sequence[Any]:
-        """Step `step`'s batches (made ahead when it was asked for step - 1); the next are
-        started unless `step` is the `last`."""
-        if self.next is not None and self.next[0] == step:
-            batches = self.next[1].result()
-        else:
-            batches = self.task.microbatches(step)
-        self.next = None
-        if step < last:
-            self.next = (step + 1, self.pool.submit(self.task.microbatches, step + 1))
-        return batches
-
-    def close(self) -> None:
-        """Stop the thread (training ended, or stopped with an error)."""
-        self.next = None
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _autocast(device: str, cfg: LoopConfig) -> torch.autocast:

@@ -197,7 +197,6 @@ class RewardTask:
     width_multiple: int = 1  # batches' token width rounded up to this (`width_multiple()`)
 
     GROUP = 32  # batches per length-sorting window
-    prefetch = True  # batches depend only on (seed, step): the loop makes the next one ahead
 
     def __post_init__(self) -> None:
         if not len(self.pairs):
@@ -225,11 +224,10 @@ class RewardTask:
         k, end = start, start + n
         while k < end:  # one slice per epoch the positions touch
             epoch, pos = divmod(k, len(self.pairs))
-            order = self._order  # one read: the loop may call this from its batch thread
-            if order is None or order[0] != epoch:
-                order = self._order = (epoch, self._epoch_order(epoch))
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, self._epoch_order(epoch))
             take = min(len(self.pairs) - pos, end - k)
-            out.append(order[1][pos : pos + take])
+            out.append(self._order[1][pos : pos + take])
             k += take
         return torch.cat(out)
 
