@@ -12,8 +12,8 @@ are on, CPU bf16 attention takes one of two routes:
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
 - packed reward lines (inside `attention_groups`, models/packing.py): the math route pair by
   pair (`grouped_attention`), since no token attends outside its pair; there the scale and
-  the pairs' mask go into the score matmul (baddbmm), so the scores are bf16 as in
-  transformers' eager attention under autocast (float32 softmax as above).
+  the pairs' mask go into the score matmul (baddbmm), so the scaled scores are bf16, rounded
+  once (float32 softmax as above).
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
 under autocast, so there only the value arrives in bf16 (autocast would cast all three down).
@@ -86,14 +86,6 @@ def bf16_math_attention(
         return torch.matmul(probs, v).transpose(1, 2).contiguous()
 
 
-def _repeat_heads(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(Hkv, ...) -> (Hkv * n_rep, ...): each key/value head `n_rep` times in a row (grouped-query
-    attention, in transformers' repeat_kv order), heads first."""
-    if n_rep == 1:
-        return x
-    return x.unsqueeze(1).expand(x.shape[0], n_rep, *x.shape[1:]).flatten(0, 1)
-
-
 def grouped_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # (N, H, W, D): packed lines
@@ -123,8 +115,10 @@ def grouped_attention(
     n_rep = getattr(module, "num_key_value_groups", 1)
     with torch.autocast("cpu", enabled=False):
         q = gather(query).to(torch.bfloat16).view(h * b, g, d)
-        k, v = (_repeat_heads(gather(x).to(torch.bfloat16), n_rep).view(h * b, g, d)
-                for x in (key, value))  # fmt: skip
+        k, v = (gather(x).to(torch.bfloat16) for x in (key, value))  # (Hkv, B, G, D)
+        if n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
+            k, v = k.repeat_interleave(n_rep, dim=0), v.repeat_interleave(n_rep, dim=0)
+        k, v = k.view(h * b, g, d), v.view(h * b, g, d)
         scale = scaling if scaling is not None else d**-0.5
         # scale and mask inside the matmul: the scaled, masked scores are bf16, rounded once
         # (eager attention under autocast rounds them twice); ~1.5 ms less per layer (fwd +
