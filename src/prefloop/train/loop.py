@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from prefloop.configs import LoopConfig
 from prefloop.errors import PrefloopError
-from prefloop.models import attention
+from prefloop.models import activation, attention
 from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefloop.train.precision import MasterWeights
 
@@ -169,6 +169,7 @@ def _train(
     model.train()
     if cfg.bf16 and device == "cpu":
         attention.install()  # CPU bf16 SDPA backward is slow: reroute it (models/attention.py)
+        activation.install(model)  # and ATen's bf16 tanh-GELU (models/activation.py)
         if cpu_computes_bf16() is False:
             warnings.warn(
                 "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "

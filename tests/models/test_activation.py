@@ -1,0 +1,85 @@
+"""GPT-2's tanh GELU under CPU bf16 training (models/activation.py): the compiled route computes
+the same function as ATen's kernel up to bf16 rounding, forward and backward; everything else
+(float32, no grad) is ATen's kernel bit for bit; a failed compile falls back with a warning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from prefloop.models import activation
+
+
+def _gelu64(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tanh GELU and its derivative in float64."""
+    x = x.double()
+    k = math.sqrt(2 / math.pi)
+    t = torch.tanh(k * (x + 0.044715 * x**3))
+    dy = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x)
+    return 0.5 * x * (1 + t), dy
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 96, generator=g) * 3
+    x[0, 0] = torch.linspace(-9, 9, 96)  # the tails and zero
+    return x.bfloat16().requires_grad_(), torch.randn(x.shape, generator=g).bfloat16()
+
+
+def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypatch) -> None:
+    calls: list[int] = []
+    compiled = activation._compiled_gelu
+    monkeypatch.setattr(activation, "_compiled_gelu", lambda: calls.append(1) or compiled())
+    x, g = _inputs()
+    y = activation.tanh_gelu(x)
+    y.backward(g)
+    assert calls == [1] and y.dtype == torch.bfloat16
+    exact, slope = _gelu64(x.detach())
+    ulp = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within half of this
+    assert ((y.double() - exact).abs() <= ulp * exact.abs() + 1e-6).all()
+    aten = F.gelu(x.detach(), approximate="tanh").double()
+    assert (y.double() - aten).abs().max() <= (aten - exact).abs().max() + ulp * 2
+    grad = g.double() * slope
+    assert x.grad is not None
+    assert ((x.grad.double() - grad).abs() <= 2 * ulp * grad.abs() + 1e-3).all()
+
+
+@pytest.mark.parametrize("case", ["float32", "bf16 without grad", "bf16 under no_grad"])
+def test_other_tensors_take_atens_kernel_bit_for_bit(case: str, monkeypatch) -> None:
+    monkeypatch.setattr(activation, "_compiled_gelu", lambda: pytest.fail("compiled"))
+    x, _ = _inputs()
+    x = x.detach()
+    if case == "float32":
+        x = x.float().requires_grad_()
+    elif case == "bf16 under no_grad":
+        x.requires_grad_()
+    with torch.set_grad_enabled(case != "bf16 under no_grad"):
+        assert torch.equal(activation.tanh_gelu(x), F.gelu(x, approximate="tanh"))
+
+
+def test_a_failed_compile_falls_back_to_aten_with_one_warning(monkeypatch) -> None:
+    def no_compiler() -> None:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(activation, "_compiled_gelu", no_compiler)
+    monkeypatch.setattr(activation, "_broken", False)
+    x, _ = _inputs()
+    with pytest.warns(UserWarning, match="compiling the bf16 GELU failed"):
+        y = activation.tanh_gelu(x)
+    assert torch.equal(y, F.gelu(x, approximate="tanh"))
+    assert activation._broken  # later calls go straight to ATen, without another warning
+
+
+def test_install_swaps_gpt2s_gelu_and_keeps_its_outputs(make_model, tokenizer) -> None:
+    model = make_model("gpt2", n_layer=3)
+    ids = torch.tensor([tokenizer("a short test sentence")["input_ids"]])
+    with torch.no_grad():
+        before = model(ids).logits
+        assert activation.install(model) == 3
+        assert activation.install(model) == 0  # already swapped
+        after = model(ids).logits
+    assert torch.equal(before, after)
+    assert all(type(block.mlp.act) is activation.TanhGELU for block in model.transformer.h)
