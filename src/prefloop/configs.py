@@ -39,6 +39,11 @@ class LoopConfig:
         "masters in AdamW (checkpoints and the saved model are float32): "
         "faster on GPUs and on CPUs with AVX512-BF16 or AMX",
     )
+    compile_gelu: bool = option(
+        True,
+        "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
+        "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)",
+    )
 
 
 @dataclass
@@ -206,6 +211,11 @@ class PpoConfig:
         "bfloat16 autocast for rollouts and updates (matmul weights in bf16 against float32 "
         "masters in AdamW; log-probs in float32): faster on GPUs and on CPUs with AMX or AVX512-BF16",
     )
+    compile_gelu: bool = option(
+        True,
+        "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
+        "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)",
+    )
 
     def __post_init__(self) -> None:
         choices = {
@@ -255,6 +265,7 @@ class PpoConfig:
             seed=self.seed,
             deterministic=self.deterministic,
             bf16=self.bf16,
+            compile_gelu=self.compile_gelu,
         )
 
 

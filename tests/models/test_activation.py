@@ -83,3 +83,35 @@ def test_install_swaps_gpt2s_gelu_and_keeps_its_outputs(make_model, tokenizer) -
         after = model(ids).logits
     assert torch.equal(before, after)
     assert all(type(block.mlp.act) is activation.TanhGELU for block in model.transformer.h)
+
+
+def test_uninstall_puts_back_the_very_modules(make_model) -> None:
+    model = make_model("gpt2")
+    before = [block.mlp.act for block in model.transformer.h]
+    activation.install(model)
+    assert activation.uninstall(model) == 2
+    assert [block.mlp.act for block in model.transformer.h] == before
+
+
+@pytest.mark.parametrize("compile_gelu", [True, False])
+def test_bf16_training_runs_the_compiled_gelu_unless_turned_off(
+    compile_gelu, make_model, tokenizer, texts, tmp_path
+) -> None:
+    from prefloop.train.lm import LanguageModelingTask
+    from prefloop.train.loop import LoopConfig, train
+
+    seen: list[type] = []
+
+    class Records(LanguageModelingTask):
+        def loss(self, model, batch):  # type: ignore[no-untyped-def]
+            seen.append(type(model.transformer.h[0].mlp.act))
+            return super().loss(model, batch)
+
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:8] for t in texts[:40]]
+    rows = [(r, r) for r in ids if len(r) == 8][:4]
+    model = make_model("gpt2")
+    original = model.transformer.h[0].mlp.act
+    cfg = LoopConfig(max_steps=1, checkpoint_every=0, bf16=True, compile_gelu=compile_gelu)
+    train(model, Records(rows, [], 4, 1, tokenizer.pad_token_id), cfg, tmp_path, progress=False)
+    assert seen == [activation.TanhGELU if compile_gelu else type(original)]
+    assert model.transformer.h[0].mlp.act is original  # the model leaves as it came

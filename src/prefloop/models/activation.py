@@ -8,13 +8,15 @@ with AMX, more than the matmul that feeds it. The same function written as x * s
 the same largest error against a float64 reference (0.0078: the bf16 output's rounding; Inductor
 computes in float32 and rounds once, like ATen). docs/benchmarks.md has the figures.
 
-Compiling costs 1.5-4.5 s once per process (Inductor caches its kernels on disk, so later
-processes take the short end) and needs a C++ compiler; without one, or on any compile error,
-the ATen kernel runs instead, with one warning. Only bf16 CPU tensors that need a gradient take
+Compiling needs a C++ compiler and takes ~16 s the first time on a machine, ~2.6 s in later
+processes (Inductor caches its kernels on disk); importing torch.compile's machinery adds ~175
+MB to the process. Without a compiler, or on any compile error, ATen's kernel runs instead,
+with one warning. Only bf16 CPU tensors that need a gradient take
 the compiled route: float32 training, sampling and evaluation keep ATen's kernel.
 
-`install(model)` swaps the model's tanh-GELU modules for `TanhGELU`; the training loop calls it
-when a bf16 run starts on CPU. Nothing the model saves changes (activations hold no weights).
+`install(model)` swaps the model's tanh-GELU modules for `TanhGELU` and `uninstall(model)` swaps
+them back: the training loop does so around a bf16 run on CPU (`--no-compile-gelu` turns it off).
+Nothing the model saves changes (activations hold no weights).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,18 +66,31 @@ def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
 class TanhGELU(nn.Module):
     """Drop-in for transformers' GELUTanh / NewGELUActivation (the same function)."""
 
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.original = (original,)  # in a tuple: not a submodule, so install() skips it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tanh_gelu(x)
 
 
-def install(model: nn.Module) -> int:
-    """Swap `model`'s tanh-GELU modules for `TanhGELU`; returns how many were swapped."""
-    swaps: list[tuple[nn.Module, str]] = [
-        (parent, name)
+def _swap(model: nn.Module, kind: type | tuple[type, ...], make: Callable[[Any], nn.Module]) -> int:
+    swaps = [
+        (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if isinstance(child, GELUTanh | NewGELUActivation)
+        if isinstance(child, kind)
     ]
-    for parent, name in swaps:
-        setattr(parent, name, TanhGELU())
+    for parent, name, child in swaps:
+        setattr(parent, name, make(child))
     return len(swaps)
+
+
+def install(model: nn.Module) -> int:
+    """Swap `model`'s tanh-GELU modules for `TanhGELU`; returns how many were swapped."""
+    return _swap(model, (GELUTanh, NewGELUActivation), TanhGELU)
+
+
+def uninstall(model: nn.Module) -> int:
+    """Put back the modules `install` swapped out."""
+    return _swap(model, TanhGELU, lambda swapped: swapped.original[0])

@@ -134,6 +134,7 @@ def train(
         return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
     finally:
         weights.release()  # the model leaves with its float32 weights, whatever happened
+        activation.uninstall(model)  # and transformers' own GELU modules
 
 
 def _train(
@@ -169,7 +170,8 @@ def _train(
     model.train()
     if cfg.bf16 and device == "cpu":
         attention.install()  # CPU bf16 SDPA backward is slow: reroute it (models/attention.py)
-        activation.install(model)  # and ATen's bf16 tanh-GELU (models/activation.py)
+        if cfg.compile_gelu:
+            activation.install(model)  # and ATen's bf16 tanh-GELU (models/activation.py)
         if cpu_computes_bf16() is False:
             warnings.warn(
                 "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "
