@@ -31,8 +31,9 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypatch) -> None:
     calls: list[int] = []
-    compiled = activation._compiled_gelu
-    monkeypatch.setattr(activation, "_compiled_gelu", lambda: calls.append(1) or compiled())
+    compiled = activation.compiled_gelu.fn
+    monkeypatch.setattr(activation.compiled_gelu, "fn", lambda x: calls.append(1) or compiled(x))
+    monkeypatch.setattr(activation.compiled_gelu, "_compiled", None)
     x, g = _inputs()
     y = activation.tanh_gelu(x)
     y.backward(g)
@@ -49,7 +50,7 @@ def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypat
 
 @pytest.mark.parametrize("case", ["float32", "bf16 without grad", "bf16 under no_grad"])
 def test_other_tensors_take_atens_kernel_bit_for_bit(case: str, monkeypatch) -> None:
-    monkeypatch.setattr(activation, "_compiled_gelu", lambda: pytest.fail("compiled"))
+    monkeypatch.setattr(activation, "compiled_gelu", lambda x: pytest.fail("compiled"))
     x, _ = _inputs()
     x = x.detach()
     if case == "float32":
@@ -61,16 +62,17 @@ def test_other_tensors_take_atens_kernel_bit_for_bit(case: str, monkeypatch) -> 
 
 
 def test_a_failed_compile_falls_back_to_aten_with_one_warning(monkeypatch) -> None:
-    def no_compiler() -> None:
+    def no_compiler(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(activation, "_compiled_gelu", no_compiler)
-    monkeypatch.setattr(activation, "_broken", False)
+    gelu = activation.Compiled(activation.tanh_gelu_as_sigmoid, activation._aten, "the bf16 GELU")
+    gelu._compiled = no_compiler
+    monkeypatch.setattr(activation, "compiled_gelu", gelu)
     x, _ = _inputs()
     with pytest.warns(UserWarning, match="compiling the bf16 GELU failed"):
         y = activation.tanh_gelu(x)
     assert torch.equal(y, F.gelu(x, approximate="tanh"))
-    assert activation._broken  # later calls go straight to ATen, without another warning
+    assert gelu.broken  # later calls go straight to ATen, without another warning
 
 
 def test_install_swaps_gpt2s_gelu_and_keeps_its_outputs(make_model, tokenizer) -> None:

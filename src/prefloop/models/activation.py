@@ -11,8 +11,8 @@ computes in float32 and rounds once, like ATen). docs/benchmarks.md has the figu
 Compiling needs a C++ compiler and takes ~16 s the first time on a machine, ~2.6 s in later
 processes (Inductor caches its kernels on disk); importing torch.compile's machinery adds ~175
 MB to the process. Without a compiler, or on any compile error, ATen's kernel runs instead,
-with one warning. Only bf16 CPU tensors that need a gradient take
-the compiled route: float32 training, sampling and evaluation keep ATen's kernel.
+with one warning (prefloop.compiled). Only bf16 CPU tensors that need a gradient take the
+compiled route: float32 training, sampling and evaluation keep ATen's kernel.
 
 `install(model)` swaps the model's tanh-GELU modules for `TanhGELU` and `uninstall(model)` swaps
 them back: the training loop does so around a bf16 run on CPU (`--no-compile-gelu` turns it off).
@@ -22,7 +22,6 @@ Nothing the model saves changes (activations hold no weights).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -30,9 +29,9 @@ import torch
 from torch import nn
 from transformers.activations import GELUTanh, NewGELUActivation
 
+from prefloop.compiled import Compiled
+
 _K = math.sqrt(2.0 / math.pi)
-_compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
-_broken = False
 
 
 def tanh_gelu_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -40,27 +39,20 @@ def tanh_gelu_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x * (2 * _K + (2 * _K * 0.044715) * x * x))
 
 
-def _compiled_gelu() -> Callable[[torch.Tensor], torch.Tensor]:
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(tanh_gelu_as_sigmoid, dynamic=True)
-    return _compiled
+def _aten(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+compiled_gelu = Compiled(tanh_gelu_as_sigmoid, _aten, "the bf16 GELU")
 
 
 def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's tanh GELU: compiled for bf16 CPU training tensors, ATen's kernel otherwise."""
-    global _broken
     fast = x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.requires_grad
-    if fast and not _broken and torch.is_grad_enabled():
-        try:
-            return _compiled_gelu()(x)
-        except Exception as e:  # no C++ compiler, or Inductor failed: the ATen kernel will do
-            _broken = True
-            warnings.warn(
-                f"compiling the bf16 GELU failed ({type(e).__name__}); using ATen's kernel",
-                stacklevel=2,
-            )
-    return nn.functional.gelu(x, approximate="tanh")
+    if fast and torch.is_grad_enabled():
+        out: torch.Tensor = compiled_gelu(x)
+        return out
+    return _aten(x)
 
 
 class TanhGELU(nn.Module):
