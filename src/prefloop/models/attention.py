@@ -105,12 +105,13 @@ def grouped_attention(
     Heads lead, pairs second: the gathers then write each (G, D) block contiguously, and
     the matmuls get contiguous operands (strided ones take ~2x as long on CPU)."""
     n, h, w, d = query.shape
-    b, g = groups.index.shape
-    index, inverse = groups.index.view(-1), groups.inverse  # (B*G,), (N*W,)
+    layout = groups.layout
+    b, g = layout.index.shape
+    index, inverse = layout.index.view(-1), layout.inverse  # (B*G,), (N*W,)
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (N, Hx, W, D) -> (Hx, B, G, D)
         flat = x.transpose(0, 1).reshape(x.shape[1], n * w, d)  # a view of (N, W, H, D) data
-        return _Rows.apply(flat, index, inverse, groups.unpaired).view(-1, b, g, d)
+        return _Rows.apply(flat, index, inverse, layout.unpaired).view(-1, b, g, d)
 
     n_rep = getattr(module, "num_key_value_groups", 1)
     with torch.autocast("cpu", enabled=False):
@@ -127,7 +128,7 @@ def grouped_attention(
         scores = torch.baddbmm(groups.bias(h), q, k.transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
         out = torch.bmm(probs, v)  # (H*B, G, D)
-    out = _Rows.apply(out.view(h, b * g, d), inverse, index, groups.padding)  # (H, N*W, D)
+    out = _Rows.apply(out.view(h, b * g, d), inverse, index, layout.padding)  # (H, N*W, D)
     return out.view(h, n, w, d).permute(1, 2, 0, 3)
 
 

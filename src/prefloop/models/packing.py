@@ -18,7 +18,8 @@ Shapes: B pairs, 2B rows (chosen rows first, then rejected), N lines of W tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -62,38 +63,66 @@ class PackedPairs:
     groups: AttentionGroups | None = None  # each pair's span, for attention pair by pair
 
 
-@dataclass
-class AttentionGroups:
-    """Each pair's tokens as a span of its line: no token attends outside its pair, so
-    attention can run pair by pair, (B, G, G) scores instead of the lines' (N, W, W)
-    (models/attention.py). G is the largest pair, rounded up (see `_groups`)."""
-
-    lines: int  # N
-    width: int  # W
+@dataclass(frozen=True)
+class _Layout:
     index: torch.Tensor  # (B, G) flat positions (line * W + column); past a pair's end: its first
     valid: torch.Tensor  # (B, G) bool: which entries of `index` are the pair's tokens
     hidden: torch.Tensor  # (1, B, G, G) bool: True where the lines' mask hides a key
     inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index` (no pair: 0)
     unpaired: torch.Tensor  # positions (of N * W) in no pair: the lines' padding
     padding: torch.Tensor  # entries (of B * G) past their pair's end
-    _bias: dict[int, torch.Tensor] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+
+
+class AttentionGroups:
+    """Each pair's tokens as a span of its line: no token attends outside its pair, so
+    attention can run pair by pair, (B, G, G) scores instead of the lines' (N, W, W)
+    (models/attention.py). G is the largest pair rounded up, like the lines' width but to at
+    most BF16_WIDTH_MULTIPLE: the one bf16 line's multiple of 64 would pad every pair of the
+    (B, G, G) scores by up to 63 tokens.
+
+    The layout (gather indices, the pairs' mask) is built on first use: only bf16 training
+    attends pair by pair, and at 0.95M parameters building it is ~3% of a float32 step."""
+
+    def __init__(
+        self, mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, multiple: int
+    ) -> None:
+        self.lines, self.width = mask.shape[0], mask.shape[-1]  # N, W
+        self._mask, self._span, self._size = mask, span, size  # (N, W, W), (B,), (B,)
+        self.group = round_up(int(size.max()), min(multiple, BF16_WIDTH_MULTIPLE))  # G
+        self._bias: dict[int, torch.Tensor] = {}
+
+    @cached_property
+    def layout(self) -> _Layout:
+        """Where each pair's tokens are in the lines, and the pair's own mask."""
+        n, w, g = self.lines, self.width, self.group
+        offset = torch.arange(g)
+        valid = offset < self._size[:, None]  # (B, G)
+        index = self._span[:, None] + torch.where(valid, offset, 0)  # (B, G)
+        line, col = index // w, index % w
+        pair_mask = self._mask[line[:, :, None], col[:, :, None], col[:, None, :]]  # (B, G, G)
+        pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
+        # a position in no pair reads entry 0 (a real token's; nothing reads that position back)
+        inverse = torch.zeros(n * w, dtype=torch.long)
+        inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
+        paired = torch.zeros(n * w, dtype=torch.bool)
+        paired[index[valid]] = True
+        unpaired = (~paired).nonzero().view(-1)
+        padding = (~valid).view(-1).nonzero().view(-1)
+        return _Layout(index, valid, ~pair_mask.unsqueeze(0), inverse, unpaired, padding)
 
     def bias(self, heads: int) -> torch.Tensor:
         """The pairs' mask as a bf16 additive bias for `heads` heads, heads first: (H * B, G, G)
         (built once per batch, read by every layer's forward)."""
         if heads not in self._bias:
-            b, g = self.index.shape
+            b, g = len(self._span), self.group
             bias = torch.zeros(1, b, g, g, dtype=torch.bfloat16)
-            bias.masked_fill_(self.hidden, torch.finfo(torch.bfloat16).min)
+            bias.masked_fill_(self.layout.hidden, torch.finfo(torch.bfloat16).min)
             self._bias[heads] = bias.expand(heads, b, g, g).reshape(heads * b, g, g)
         return self._bias[heads]
 
     def pays(self) -> bool:
         """Whether the pairs' scores are well under the lines' (gathering costs something)."""
-        b, g = self.index.shape
-        return 2 * b * g * g < self.lines * self.width * self.width
+        return 2 * len(self._span) * self.group**2 < self.lines * self.width**2
 
 
 def _long(values: list[int] | list[list[int]]) -> torch.Tensor:
@@ -192,30 +221,5 @@ def pack_pairs(
         _long(last),
         keys_t,
         key_valid,
-        _groups(mask, _long(span), _long(size), n, width, multiple),
-    )
-
-
-def _groups(
-    mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, n: int, width: int, multiple: int
-) -> AttentionGroups:
-    """The pairs' spans as `AttentionGroups`, their mask read from the lines' (N, W, W) one.
-    G is rounded up like the lines' width but to at most BF16_WIDTH_MULTIPLE: the one bf16
-    line's multiple of 64 would pad every pair of the (B, G, G) scores by up to 63 tokens."""
-    g = round_up(int(size.max()), min(multiple, BF16_WIDTH_MULTIPLE))
-    offset = torch.arange(g)
-    valid = offset < size[:, None]  # (B, G)
-    index = span[:, None] + torch.where(valid, offset, 0)  # (B, G)
-    line, col = index // width, index % width
-    pair_mask = mask[line[:, :, None], col[:, :, None], col[:, None, :]]  # (B, G, G)
-    pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
-    # a position in no pair reads entry 0 (a real token's; nothing reads that position back)
-    inverse = torch.zeros(n * width, dtype=torch.long)
-    inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
-    paired = torch.zeros(n * width, dtype=torch.bool)
-    paired[index[valid]] = True
-    unpaired = (~paired).nonzero().view(-1)
-    padding = (~valid).view(-1).nonzero().view(-1)
-    return AttentionGroups(
-        n, width, index, valid, ~pair_mask.unsqueeze(0), inverse, unpaired, padding
+        AttentionGroups(mask, _long(span), _long(size), multiple),
     )
