@@ -15,6 +15,12 @@ from dataclasses import dataclass
 
 from prefloop.config import option
 
+# the same option on the training loop and on PPO (which builds its loop config)
+COMPILE_GELU_HELP = (
+    "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
+    "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)"
+)
+
 
 @dataclass
 class LoopConfig:
@@ -39,11 +45,7 @@ class LoopConfig:
         "masters in AdamW (checkpoints and the saved model are float32): "
         "faster on GPUs and on CPUs with AVX512-BF16 or AMX",
     )
-    compile_gelu: bool = option(
-        True,
-        "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
-        "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)",
-    )
+    compile_gelu: bool = option(True, COMPILE_GELU_HELP)
 
 
 @dataclass
@@ -211,11 +213,7 @@ class PpoConfig:
         "bfloat16 autocast for rollouts and updates (matmul weights in bf16 against float32 "
         "masters in AdamW; log-probs in float32): faster on GPUs and on CPUs with AMX or AVX512-BF16",
     )
-    compile_gelu: bool = option(
-        True,
-        "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
-        "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)",
-    )
+    compile_gelu: bool = option(True, COMPILE_GELU_HELP)
 
     def __post_init__(self) -> None:
         choices = {
