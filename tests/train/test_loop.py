@@ -73,11 +73,11 @@ def test_bf16_autocast_lowers_the_loss_and_keeps_float32_weights(
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_bf16_master_weights_train_exactly_as_autocast_on_float32_weights(
+def test_bf16_master_weights_train_as_autocast_on_float32_weights(
     family, monkeypatch, make_model, tokenizer, texts, tmp_path
 ):
-    """bf16 working weights only skip casts autocast would make: same numbers, accumulation
-    over micro-batches included (it sums in the float32 masters)."""
+    """bf16 working weights only skip casts autocast would make: the same training up to
+    float32 rounding, accumulation over micro-batches (summed in float32) and clipping included."""
     from prefloop.train import loop
 
     rows = _rows(tokenizer, texts)
@@ -91,7 +91,9 @@ def test_bf16_master_weights_train_exactly_as_autocast_on_float32_weights(
         train(plain, task, cfg, tmp_path / "plain", progress=False)
     for (name, pa), pb in zip(ours.named_parameters(), plain.parameters(), strict=True):
         assert pa.dtype == torch.float32, name
-        assert torch.equal(pa, pb), name
+        # the masters' AdamW (train/adamw.py) rounds in another order than torch's fused one:
+        # ~1e-8 apart, up to ~1e-5 where that flips a bf16 rounding (updates here ~3e-3)
+        torch.testing.assert_close(pa, pb, rtol=0, atol=2e-5, msg=name)
 
 
 def test_only_weights_autocast_casts_anyway_train_in_bf16(make_model):
@@ -225,9 +227,8 @@ def test_clipping_inside_the_fused_step_matches_torch(max_norm):
     norm = grad_norm(ours)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm or float("inf"))
     torch.testing.assert_close(norm, expected)
-    # squares taken earlier (the masters', as backward makes them) stand in for their parameters
-    taken = {id(ours[1]): torch.tensor(0.0)}
-    torch.testing.assert_close(grad_norm(ours, taken) ** 2, norm**2 - ours[1].grad.square().sum())
+    # a squared norm taken elsewhere (the masters' flat gradient) adds to the parameters'
+    torch.testing.assert_close(grad_norm(ours[1:], ours[0].grad.square().sum()), norm)
     opt_ours = torch.optim.AdamW(ours, lr=0.1, fused=True)
     opt_theirs = torch.optim.AdamW(theirs, lr=0.1, fused=True)
     clip_in_step(opt_ours, float(norm), max_norm)

@@ -75,19 +75,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def grad_norm(
-    params: Sequence[torch.Tensor], squares: dict[int, torch.Tensor] | None = None
-) -> torch.Tensor:
+def grad_norm(params: Sequence[torch.Tensor], squared: torch.Tensor | None = None) -> torch.Tensor:
     """The global L2 norm of the gradients, as torch's clip_grad_norm_ computes it, with each
-    squared norm as a dot product (~2x faster than vector_norm on CPU). `squares` holds ones
-    already taken, by id of the parameter (MasterWeights, as backward makes the gradients); a
-    parameter without one gets its square computed here."""
-    squares = squares or {}
-    sq = [
-        squares[id(p)] if id(p) in squares else torch.dot(p.grad.reshape(-1), p.grad.reshape(-1))
-        for p in params
-        if p.grad is not None
-    ]
+    squared norm as a dot product (~2x faster than vector_norm on CPU); `squared` adds the
+    squared norm of gradients that live elsewhere (MasterWeights.squared_grad_norm)."""
+    sq = [torch.dot(p.grad.reshape(-1), p.grad.reshape(-1)) for p in params if p.grad is not None]
+    if squared is not None:
+        sq.append(squared)
     return torch.stack(sq).sum().sqrt() if sq else torch.tensor(0.0)
 
 
@@ -201,12 +195,12 @@ def _train(
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(batches)
         weights.end_step_backward()
-        norm = float(grad_norm(params, weights.squares))
+        norm = float(grad_norm(params, weights.squared_grad_norm()))
         if not _finite(norm):
             _halt(f"gradient norm is {norm} at step {step + 1}", last_good)
         clip_in_step(opt, norm, cfg.max_grad_norm)
-        opt.step()
-        weights.refresh()
+        opt.step()  # the float32 parameters
+        weights.step(opt)  # the bf16 weights' masters (train/adamw.py)
         row = {"step": step + 1, "charts/lr": lr, "charts/grad_norm": norm, **sums}
         if hasattr(task, "on_step_end"):
             row.update(task.on_step_end(step, model, row) or {})
