@@ -75,6 +75,12 @@ class MasterWeights:
             master_of.get(id(p), p) for p in model.parameters() if p.requires_grad
         ]
         self.others = [p for p in model.parameters() if p.requires_grad and id(p) not in master_of]
+        if self.pairs:
+            # from_pretrained may leave the weights viewing the safetensors file's memory map:
+            # the masters' old pages stay resident (4 bytes a parameter: 72 MB at 21M) as long
+            # as any tensor views the map, so the other weights (embeddings, norms) move out too
+            for p in self.others:
+                p.data = p.data.clone()
         self._seen: set[int] = set()  # working weights given a gradient in this step
         self._first = True  # before the step's first backward
         # each working weight's gradient moves into the flat buffer as soon as backward makes it
@@ -186,11 +192,13 @@ class MasterWeights:
 
     def release(self) -> None:
         """The model keeps float32 copies of its masters for good (training is over), and no
-        hooks."""
+        hooks. The bf16 buffers go before the copies are made: no more memory than training."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
         for p, m in self.pairs:
-            p.data = m.data.clone()
-            p.grad = None
+            p.data, p.grad = m.data, None
+        self.flat_working = self.flat_grad = torch.empty(0)
+        for p, _ in self.pairs:
+            p.data = p.data.clone()
         self.pairs = []  # released once
