@@ -46,3 +46,47 @@ def test_squared_norm_is_float32_accurate_for_bf16(route):
     got = adamw.squared_norm(x)
     assert got.dtype == torch.float32
     assert abs(float(got) / float(exact) - 1) < 1e-5
+
+
+class _ThreeLinears(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.unused, self.b = (torch.nn.Linear(8, 8) for _ in range(3))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_master_weights_step_like_torch_adamw_and_skip_weights_without_gradients():
+    """MasterWeights.step over its flat buffers = torch's AdamW on float32 copies of the
+    weights under autocast (decay on matrices only, as make_optimizer groups them); a weight
+    that got no gradient keeps its value and gets no optimizer state, like torch's."""
+    from prefloop.configs import LoopConfig
+    from prefloop.train.loop import make_optimizer
+    from prefloop.train.precision import MasterWeights
+
+    torch.manual_seed(0)
+    ours, ref = _ThreeLinears(), _ThreeLinears()
+    ref.load_state_dict(ours.state_dict())
+    cfg = LoopConfig(lr=1e-2, weight_decay=0.1)
+    weights = MasterWeights(ours, bf16=True)
+    assert ours.a.weight.dtype == torch.bfloat16
+    opt, opt_ref = make_optimizer(weights.params, cfg), make_optimizer(list(ref.parameters()), cfg)
+    for _ in range(3):
+        x = torch.randn(4, 8)
+        weights.zero_grad()
+        opt_ref.zero_grad()
+        weights.begin_backward()
+        for model in (ours, ref):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(x).float().square().mean().backward()
+        weights.end_step_backward()
+        opt.step()
+        weights.step(opt)
+        opt_ref.step()
+    with weights.full_precision():
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    unused = weights.params[2:4]  # its weight and bias, as AdamW holds them
+    assert all(not opt.state[m] for m in unused)
+    assert torch.equal(ours.unused.weight.float(), ref.unused.weight.detach().bfloat16().float())

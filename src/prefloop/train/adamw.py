@@ -16,17 +16,16 @@ so a run matches torch's optimizer up to float32 rounding order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from prefloop.compiled import Compiled
 
 
-@dataclass(frozen=True)
-class AdamWScalars:
+class AdamWScalars(NamedTuple):
     """One step's scalars for a run of weights, as float32 0-d tensors (a new value each step
-    must not recompile)."""
+    must not recompile), in `_adamw`'s order."""
 
     decay: torch.Tensor  # 1 - lr * weight_decay
     step_size: torch.Tensor  # lr / (1 - beta1^t)
@@ -112,21 +111,7 @@ def adamw_step(
 ) -> None:
     """One AdamW step on flat (1-D, contiguous) tensors of equal length, in place; `working`
     receives the new master rounded to its dtype."""
-    _compiled(
-        master,
-        exp_avg,
-        exp_avg_sq,
-        grad,
-        working,
-        s.decay,
-        s.step_size,
-        s.bias2_sqrt,
-        s.eps,
-        s.one_minus_beta1,
-        s.beta2,
-        s.one_minus_beta2,
-        s.inv_scale,
-    )
+    _compiled(master, exp_avg, exp_avg_sq, grad, working, *s)
 
 
 def _squared_norm(x: torch.Tensor) -> torch.Tensor:
