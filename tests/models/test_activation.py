@@ -30,14 +30,15 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypatch) -> None:
-    calls: list[int] = []
-    compiled = activation.compiled_gelu.fn
-    monkeypatch.setattr(activation.compiled_gelu, "fn", lambda x: calls.append(1) or compiled(x))
-    monkeypatch.setattr(activation.compiled_gelu, "_compiled", None)
+    calls: list[str] = []
+    for name, part in (("forward", activation._forward), ("backward", activation._backward)):
+        fn = part.fn
+        monkeypatch.setattr(part, "fn", lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+        monkeypatch.setattr(part, "_compiled", None)
     x, g = _inputs()
     y = activation.tanh_gelu(x)
     y.backward(g)
-    assert calls == [1] and y.dtype == torch.bfloat16
+    assert calls == ["forward", "backward"] and y.dtype == torch.bfloat16
     exact, slope = _gelu64(x.detach())
     ulp = 2.0**-8  # bf16 keeps 8 significant bits: one rounding is within half of this
     assert ((y.double() - exact).abs() <= ulp * exact.abs() + 1e-6).all()
@@ -50,7 +51,7 @@ def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypat
 
 @pytest.mark.parametrize("case", ["float32", "bf16 without grad", "bf16 under no_grad"])
 def test_other_tensors_take_atens_kernel_bit_for_bit(case: str, monkeypatch) -> None:
-    monkeypatch.setattr(activation, "compiled_gelu", lambda x: pytest.fail("compiled"))
+    monkeypatch.setattr(activation._GELU, "apply", lambda x: pytest.fail("compiled"))
     x, _ = _inputs()
     x = x.detach()
     if case == "float32":
@@ -65,14 +66,16 @@ def test_a_failed_compile_falls_back_to_aten_with_one_warning(monkeypatch) -> No
     def no_compiler(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no C++ compiler")
 
-    gelu = activation.Compiled(activation.tanh_gelu_as_sigmoid, activation._aten, "the bf16 GELU")
-    gelu._compiled = no_compiler
-    monkeypatch.setattr(activation, "compiled_gelu", gelu)
+    part = activation.Compiled(activation.gelu_and_slope, activation.gelu_and_slope, "the GELU")
+    part._compiled = no_compiler
+    monkeypatch.setattr(activation, "_forward", part)
     x, _ = _inputs()
-    with pytest.warns(UserWarning, match="compiling the bf16 GELU failed"):
-        y = activation.tanh_gelu(x)
-    assert torch.equal(y, F.gelu(x, approximate="tanh"))
-    assert gelu.broken  # later calls go straight to ATen, without another warning
+    aten = F.gelu(x.detach(), approximate="tanh")
+    with pytest.warns(UserWarning, match="compiling the GELU failed"):
+        y = activation.tanh_gelu(x)  # the same function, eager
+    assert (y.double() - aten.double()).abs().max() <= 2.0**-7 * aten.abs().max()
+    assert part.broken  # later calls go straight to ATen, without another warning
+    assert torch.equal(activation.tanh_gelu(x), aten)
 
 
 def test_install_swaps_gpt2s_gelu_and_keeps_its_outputs(make_model, tokenizer) -> None:
