@@ -38,18 +38,13 @@ from prefloop.compiled import Compiled
 _K = math.sqrt(2.0 / math.pi)
 
 
-def tanh_gelu_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)."""
-    return x * torch.sigmoid(x * (2 * _K + (2 * _K * 0.044715) * x * x))
-
-
 def _aten(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.gelu(x, approximate="tanh")
 
 
 def gelu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`tanh_gelu_as_sigmoid(x)` in x's dtype, and its derivative in float32: with s = sigmoid(2u),
-    d/dx x s = s + x s (1 - s) 2u'(x), computed from the same float32 s in the same pass."""
+    """0.5 x (1 + tanh(u)) = x s, s = sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), in x's
+    dtype, and its derivative in float32, s + x s (1 - s) 2u'(x), from the same s."""
     xf = x.float()
     s = torch.sigmoid(xf * (2 * _K + (2 * _K * 0.044715) * xf * xf))
     slope = s + xf * s * (1 - s) * (2 * _K + (6 * _K * 0.044715) * xf * xf)
