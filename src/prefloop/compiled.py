@@ -1,7 +1,8 @@
 """Small elementwise functions compiled by `torch.compile` (Inductor), with an eager fallback.
 
-Used where ATen's kernel for what a hot path needs is slow: GPT-2's tanh GELU under bf16
-(models/activation.py). Inductor compiles once per process (dynamic shapes) and caches its
+Used where ATen takes more passes or slower kernels than a hot path needs: GPT-2's tanh GELU
+under bf16 (models/activation.py), the bf16 masters' AdamW step and gradient norm
+(train/adamw.py). Inductor compiles once per process (dynamic shapes) and caches its
 kernels on disk; it needs a C++ compiler on CPU. Without one, or on any compile error, the
 fallback runs, after one warning.
 """

@@ -66,7 +66,6 @@ class PackedPairs:
 @dataclass(frozen=True)
 class _Layout:
     index: torch.Tensor  # (B, G) flat positions (line * W + column); past a pair's end: its first
-    valid: torch.Tensor  # (B, G) bool: which entries of `index` are the pair's tokens
     hidden: torch.Tensor  # (1, B, G, G) bool: True where the lines' mask hides a key
     inverse: torch.Tensor  # (N * W,) where each position is in (B * G) `index` (no pair: 0)
     unpaired: torch.Tensor  # positions (of N * W) in no pair: the lines' padding
@@ -108,7 +107,7 @@ class AttentionGroups:
         paired[index[valid]] = True
         unpaired = (~paired).nonzero().view(-1)
         padding = (~valid).view(-1).nonzero().view(-1)
-        return _Layout(index, valid, ~pair_mask.unsqueeze(0), inverse, unpaired, padding)
+        return _Layout(index, ~pair_mask.unsqueeze(0), inverse, unpaired, padding)
 
     def bias(self, heads: int) -> torch.Tensor:
         """The pairs' mask as a bf16 additive bias for `heads` heads, heads first: (H * B, G, G)
