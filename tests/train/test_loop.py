@@ -72,6 +72,21 @@ def test_bf16_autocast_lowers_the_loss_and_keeps_float32_weights(
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def _without_key_bias_gradient(model: torch.nn.Module) -> torch.nn.Module:
+    """GPT-2's key bias trains on a zero gradient, its exact one: the bias shifts all of a
+    query's scores by the same amount, which softmax ignores. Computed, it is rounding noise,
+    and Adam turns noise into full-size steps (m / sqrt(v) ~ 1), so two runs that round
+    differently (oneDNN's bf16 kernels do on some CPUs) move it differently. Llama has no
+    biases."""
+    for block in getattr(getattr(model, "transformer", None), "h", []):
+        bias = block.attn.c_attn.bias  # (3C,): query, key, value
+        c = bias.shape[0] // 3
+        keep = torch.ones_like(bias)
+        keep[c : 2 * c] = 0
+        bias.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
+    return model
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_bf16_master_weights_train_as_autocast_on_float32_weights(
     family, monkeypatch, make_model, tokenizer, texts, tmp_path
@@ -83,17 +98,18 @@ def test_bf16_master_weights_train_as_autocast_on_float32_weights(
     rows = _rows(tokenizer, texts)
     cfg = _cfg(max_steps=3, bf16=True, grad_accum=2, lr=3e-3, max_grad_norm=1.0)
     task = LanguageModelingTask(rows, [], 4, 2, tokenizer.pad_token_id)
-    ours = make_model(family)
+    ours = _without_key_bias_gradient(make_model(family))
     train(ours, task, cfg, tmp_path / "ours", progress=False)
-    plain = make_model(family)
+    plain = _without_key_bias_gradient(make_model(family))
     with monkeypatch.context() as m:  # autocast over float32 weights, as before masters
         m.setattr(loop, "MasterWeights", lambda model, bf16: MasterWeights(model, bf16=False))
         train(plain, task, cfg, tmp_path / "plain", progress=False)
     for (name, pa), pb in zip(ours.named_parameters(), plain.parameters(), strict=True):
         assert pa.dtype == torch.float32, name
         # the masters' AdamW (train/adamw.py) rounds in another order than torch's fused one:
-        # ~1e-8 apart, up to ~1e-5 where that flips a bf16 rounding (updates here ~3e-3)
-        torch.testing.assert_close(pa, pb, rtol=0, atol=2e-5, msg=name)
+        # ~1e-8 apart, up to ~2e-5 where that flips a bf16 rounding (updates here ~3e-3; a
+        # wrong gradient or step is off by ~1e-3)
+        torch.testing.assert_close(pa, pb, rtol=0, atol=5e-5, msg=name)
 
 
 def test_only_weights_autocast_casts_anyway_train_in_bf16(make_model):
