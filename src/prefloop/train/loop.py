@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from prefloop.configs import LoopConfig
 from prefloop.errors import PrefloopError
 from prefloop.models import activation, attention
+from prefloop.train import heap
 from prefloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from prefloop.train.precision import MasterWeights
 
@@ -124,8 +125,10 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = MasterWeights(model, bf16=cfg.bf16)
+    on_cpu = all(p.device.type == "cpu" for p in weights.params)
     try:
-        return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
+        with heap.retained(on_cpu):  # each step reuses the last one's freed buffers (heap.py)
+            return _train(model, task, cfg, run_dir, weights, resume, desc, progress)
     finally:
         weights.release()  # the model leaves with its float32 weights, whatever happened
         activation.uninstall(model)  # and transformers' own GELU modules
