@@ -6,13 +6,15 @@ threshold is trimmed. A training step frees and reallocates the same activation-
 gradient-sized buffers every step, so each step can fault them back in. On a virtual machine
 that reports freed guest memory to its host (Firecracker and virtio free page reporting: the CI
 and benchmark hosts here), touching such memory again costs a host fault per page: in a 21M bf16
-reward step the embedding gradient's 8 MB zero fill took 8.6 ms instead of 0.25, and the step as
-a whole ~4% longer (docs/benchmarks.md).
+reward step the embedding gradient's 8 MB zero fill took 8.6 ms instead of 0.25, and in
+alternated process pairs the step was faster with memory kept in 14 of 17 (docs/benchmarks.md).
 
 Within `retained()`, blocks up to 32 MB come from the heap and the heap is not trimmed: freed
 memory is reused by the next step without faults. Peak memory is that of the step (the same
 buffers are reused); on exit glibc's default thresholds come back and the heap is trimmed, so
-the process returns what training no longer holds. A no-op where the C library is not glibc.
+the process returns what training no longer holds (glibc's own raising of the mmap threshold
+with use stays off afterwards: setting a threshold turns it off). A no-op where the C library
+is not glibc.
 """
 
 from __future__ import annotations
