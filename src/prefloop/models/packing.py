@@ -36,7 +36,8 @@ GROUPED_LINE_WIDTH = 1024
 # That one line's width is the batch's token count, a new value almost every step; each new
 # matmul shape makes oneDNN build (and keep) its bf16 kernels. Rounded up to 64 the widths take
 # a handful of values: peak RSS 1,190 -> 1,055 MB in the 21M benchmark (a multiple of 8 needed
-# ~30 shapes in 33 steps) for ~5% padding tokens.
+# ~30 shapes in 33 steps) for ~5% padding tokens, ~1% once the reward batches are arranged to
+# fill the rounding (train/reward.py, fill_lines).
 GROUPED_LINE_MULTIPLE = 64
 
 
