@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefloop.models.lm import build_model, save_pretrained, takes_4d_mask
+from prefloop.models.lm import build_model, pad_rows, save_pretrained, takes_4d_mask
 from prefloop.models.packing import line_multiple, line_width, pack_lines, pack_pairs, shared_prefix
 from prefloop.models.reward import (
     build_reward_model,
@@ -221,6 +221,14 @@ def test_one_line_batches_are_chosen_to_fill_their_rounding(monkeypatch) -> None
     pairs = _pairs_of_random_lengths(16 * 64)
     size = reward.packed_sizes(pairs)
     assert size.tolist() == (pairs.lengths[:1024] + pairs.lengths[1024:] - 3).tolist()
+    edge = [([1, 2, 3], [1, 2, 3, 4]), ([1, 2], [1, 2]), ([5], [6, 7]), ([1, 2, 9], [1, 3, 9])]
+    chosen_then_rejected = [r for rows in zip(*edge, strict=True) for r in rows]
+    rows, _ = pad_rows(chosen_then_rejected, 0)
+    lengths = torch.tensor([len(r) for r in chosen_then_rejected])
+    few = EncodedPairs(rows, lengths, torch.zeros(4, dtype=torch.bool), torch.zeros(4))
+    assert reward.packed_sizes(few).tolist() == [
+        len(a) + len(b) - shared_prefix(a, b) for a, b in edge
+    ]
 
     def epoch(task: RewardTask) -> tuple[list[int], int]:
         seen, slots = [], 0

@@ -33,7 +33,6 @@ from prefloop.models.packing import (
     line_multiple,
     line_width,
     pack_pairs,
-    shared_prefix,
 )
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
@@ -185,14 +184,15 @@ def collate_pairs(
 
 # ---- the task -----------------------------------------------------------------------------
 def packed_sizes(pairs: EncodedPairs) -> torch.Tensor:
-    """Each pair's tokens when packed (models/packing.py): both rows, their shared prefix once."""
+    """Each pair's tokens when packed (models/packing.py): both rows, their shared prefix once
+    (`shared_prefix` for all pairs at once: the first column where the rows differ, at most the
+    shorter row's length - 1)."""
     n = len(pairs)
-    ids, lengths = pairs.rows.tolist(), pairs.lengths.tolist()
-    return torch.tensor([
-        lengths[i] + lengths[n + i]
-        - shared_prefix(ids[i][: lengths[i]], ids[n + i][: lengths[n + i]])
-        for i in range(n)
-    ])  # fmt: skip
+    chosen, rejected = pairs.rows[:n], pairs.rows[n:]
+    lc, lr = pairs.lengths[:n], pairs.lengths[n:]
+    column = torch.arange(chosen.shape[1])
+    stop = (chosen != rejected) | (column >= (torch.minimum(lc, lr) - 1)[:, None])
+    return lc + lr - stop.int().argmax(dim=1)  # argmax: the first stop
 
 
 def fill_lines(batches: list[torch.Tensor], size: torch.Tensor, multiple: int, width: int) -> None:
@@ -243,7 +243,7 @@ class RewardTask:
         self._pair_length = torch.maximum(self.pairs.lengths[:n], self.pairs.lengths[n:])
         self._order: tuple[int, torch.Tensor] | None = None
         # a batch that is one packed line (bf16) is as wide as its tokens, rounded up to
-        # `width_multiple`: _fill_lines then picks batches whose tokens fill that rounding
+        # `width_multiple`: fill_lines then picks batches whose tokens fill that rounding
         self._one_line = self.pack_width >= GROUPED_LINE_WIDTH and self.width_multiple > 1
         self._packed_size = packed_sizes(self.pairs) if self._one_line else self._pair_length
 
