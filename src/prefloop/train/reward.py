@@ -244,8 +244,8 @@ class RewardTask:
         self._order: tuple[int, torch.Tensor] | None = None
         # a batch that is one packed line (bf16) is as wide as its tokens, rounded up to
         # `width_multiple`: fill_lines then picks batches whose tokens fill that rounding
-        self._one_line = self.pack_width >= GROUPED_LINE_WIDTH and self.width_multiple > 1
-        self._packed_size = packed_sizes(self.pairs) if self._one_line else self._pair_length
+        one_line = self.pack_width >= GROUPED_LINE_WIDTH and self.width_multiple > 1
+        self._packed_size = packed_sizes(self.pairs) if one_line else None
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """A shuffled order of the pairs. With `group_by_length`, each window of GROUP batches
@@ -258,7 +258,7 @@ class RewardTask:
         window = self.batch_size * self.GROUP
         chunks = [c[self._pair_length[c].argsort(stable=True)] for c in order.split(window)]
         batches = [b.clone() for b in torch.cat(chunks).split(self.batch_size)]
-        if self._one_line:
+        if self._packed_size is not None:
             fill_lines(batches, self._packed_size, self.width_multiple, self.pack_width)
         return torch.cat([batches[i] for i in torch.randperm(len(batches), generator=g)])
 
