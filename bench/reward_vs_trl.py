@@ -82,15 +82,17 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
 
 # TRL's RewardConfig modes: plain (float32), bf16 (autocast, no checkpointing), its defaults
 # (bf16 + gradient checkpointing) and compile (bf16 + torch_compile: Inductor over the model; its
-# compile time falls in the warmup steps). On a CPU with AVX512-BF16 bf16 can be the faster one.
+# compile time falls in the warmup steps). On a CPU with AVX512-BF16 bf16 can be the faster one;
+# without it (--no-bf16) the float32 modes run: plain and compile-fp32 (float32 + torch_compile).
 TRL_MODES = ("plain", "bf16", "defaults", "compile")
+TRL_FP32_MODES = ("plain", "compile-fp32")
 
 
 def compare(size: str, repeats: int, steps: int, warmup: int, bf16: bool = True) -> dict[str, Any]:
     """Rounds of prefloop fp32, prefloop bf16, then TRL's three modes; like-for-like ratios
     (fp32 vs fp32, bf16 vs TRL's faster bf16 mode) and the headline: prefloop's faster
     setting vs TRL's fastest."""
-    modes = TRL_MODES if bf16 else ("plain",)
+    modes = TRL_MODES if bf16 else TRL_FP32_MODES
     sides = ["prefloop", *(["prefloop-bf16"] if bf16 else []), *(f"trl-{m}" for m in modes)]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
     n = ["--steps", str(steps), "--warmup", str(warmup), "--size", size]
@@ -156,7 +158,8 @@ def main() -> None:
         return
     out: dict[str, Any] = {"target": "prefloop >= 2x TRL throughput, no more peak RSS"}
     print(
-        "| size | prefloop fp32 / bf16 step ms | TRL plain / bf16 / defaults / compile step ms | "
+        "| size | prefloop fp32 / bf16 step ms | TRL plain / bf16 / defaults / compile / "
+        "compile-fp32 step ms | "
         "fp32 vs fp32 | bf16 vs TRL's faster bf16 | best vs best | RSS MB prefloop / TRL (best) |"
         "\n|---|---|---|---|---|---|---|"
     )
@@ -170,7 +173,8 @@ def main() -> None:
         h = r["headline"]
         print(
             f"| {size} | {ms('prefloop')} / {ms('prefloop-bf16')} | {ms('trl-plain')} / "
-            f"{ms('trl-bf16')} / {ms('trl-defaults')} / {ms('trl-compile')} | "
+            f"{ms('trl-bf16')} / {ms('trl-defaults')} / {ms('trl-compile')} / "
+            f"{ms('trl-compile-fp32')} | "
             f"{r['fp32']['speedup']:.2f}x | "
             f"{bf16_ratio(r)} | {h['speedup']:.2f}x "
             f"({h['prefloop']} vs {h['trl_compared']}) | {h['a']['peak_rss_mb']:.0f} / "

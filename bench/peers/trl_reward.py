@@ -3,7 +3,8 @@
     .venv/bin/python bench/peers/trl_reward.py --size tiny --mode plain
 `--mode defaults` keeps RewardConfig's defaults (bf16 autocast + gradient checkpointing);
 `--mode plain` turns both off (float32); `--mode bf16` keeps bf16 without checkpointing;
-`--mode compile` is bf16 with `torch_compile=True`. Batch 16 pairs, max_length 64, the pairs and the
+`--mode compile` is bf16 with `torch_compile=True`; `--mode compile-fp32` is float32 with it (the
+fastest float32 setting on CPUs without AVX512-BF16). Batch 16 pairs, max_length 64, the pairs and the
 initial sequence-classifier weights bench/common.py writes. Step time = wall clock between
 consecutive `on_step_end` callbacks; the first `--warmup` steps are excluded.
 """
@@ -35,7 +36,9 @@ MAX_LENGTH = 64
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(common.SIZES), default="tiny")
-    ap.add_argument("--mode", choices=["defaults", "bf16", "plain", "compile"], default="plain")
+    ap.add_argument(
+        "--mode", choices=["defaults", "bf16", "plain", "compile", "compile-fp32"], default="plain"
+    )
     ap.add_argument("--steps", type=int, default=30, help="timed steps (after warmup)")
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
@@ -53,6 +56,7 @@ def main() -> None:
         "bf16": {"bf16": True, "gradient_checkpointing": False},
         "plain": {"bf16": False, "gradient_checkpointing": False},
         "compile": {"bf16": True, "gradient_checkpointing": False, "torch_compile": True},
+        "compile-fp32": {"bf16": False, "gradient_checkpointing": False, "torch_compile": True},
     }[args.mode]
     with tempfile.TemporaryDirectory() as out:
         cfg = RewardConfig(
