@@ -32,7 +32,7 @@ PEER = str(Path(__file__).resolve().parent / "peers" / "trl_reward.py")
 
 def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict[str, Any]:
     from prefloop.models.lm import takes_4d_mask
-    from prefloop.models.packing import line_multiple, line_width
+    from prefloop.models.packing import line_multiple
     from prefloop.models.reward import load_reward_model
     from prefloop.train.loop import LoopConfig, train
     from prefloop.train.reward import (
@@ -49,7 +49,7 @@ def run_prefloop(size: str, steps: int, warmup: int, bf16: bool = False) -> dict
     records = [PairRecord(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     pairs = encode_records(records, tok, MAX_LENGTH)
     # the default: packed rows, in lines as `prefloop reward [--bf16]` makes them
-    pack = line_width(RewardConfig().pack_width, bf16) if takes_4d_mask(model) else 0
+    pack = RewardConfig().pack_width if takes_4d_mask(model) else 0
     task = RewardTask(
         pairs,
         BATCH,

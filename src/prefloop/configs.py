@@ -17,8 +17,9 @@ from prefloop.config import option
 
 # the same option on the training loop and on PPO (which builds its loop config)
 COMPILE_GELU_HELP = (
-    "with --bf16 on CPU: GPT-2's tanh GELU compiled by torch.compile (~2x faster than "
-    "ATen's bf16 kernel; 2-16 s to compile once, ~175 MB more memory, needs a C++ compiler)"
+    "on CPU: GPT-2's tanh GELU compiled by torch.compile (bf16: ~2x faster than ATen's kernel; "
+    "float32, on large activations: ~1.5x; 2-16 s to compile once, ~175 MB more memory, "
+    "needs a C++ compiler)"
 )
 
 
@@ -124,10 +125,10 @@ class RewardConfig(LoopConfig):
     ensemble: int = option(1, "train N reward models (seeds seed..seed+N-1): mean and spread")
     group_by_length: bool = option(True, "batch pairs of similar length together (less padding)")
     pack_width: int = option(
-        192,
-        "pack pairs end to end in lines of this many tokens, each prompt once, no padding "
-        "(with --bf16 lines of at least 1024, one per batch: attention runs pair by pair; "
-        "0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
+        1024,  # models/packing.py: GROUPED_LINE_WIDTH
+        "pack pairs end to end in lines of up to this many tokens, each prompt once, no padding; "
+        "attention runs pair by pair, so the default holds a batch in one line "
+        "(0 = padded rows; GPT-2, Llama and Qwen2 families, others are padded)",
     )
     max_steps: int = option(0, "optimizer steps (0 = epochs x train pairs / batch size)")
     lr: float = option(5e-4, "peak learning rate")

@@ -1,6 +1,7 @@
-"""GPT-2's tanh GELU under CPU bf16 training (models/activation.py): the compiled route computes
-the same function as ATen's kernel up to bf16 rounding, forward and backward; everything else
-(float32, no grad) is ATen's kernel bit for bit; a failed compile falls back with a warning."""
+"""GPT-2's tanh GELU under CPU training (models/activation.py): the compiled route computes the
+same function as ATen's kernel up to rounding (bf16, and large float32 tensors), forward and
+backward; everything else (small float32, no grad) is ATen's kernel bit for bit; a failed compile
+falls back with a warning."""
 
 from __future__ import annotations
 
@@ -47,6 +48,24 @@ def test_compiled_bf16_gelu_matches_the_tanh_gelu_within_bf16_rounding(monkeypat
     grad = g.double() * slope
     assert x.grad is not None
     assert ((x.grad.double() - grad).abs() <= 2 * ulp * grad.abs() + 1e-3).all()
+
+
+def test_compiled_float32_gelu_matches_the_tanh_gelu_to_float32_rounding(monkeypatch) -> None:
+    monkeypatch.setattr(activation, "FLOAT32_MIN_ELEMENTS", 1000)  # small tensors, same route
+    x, g = (t.detach().float() for t in _inputs())
+    x.requires_grad_()
+    with torch.no_grad():  # no gradient wanted: ATen's kernel
+        assert not activation.compiled_route(x)
+        assert torch.equal(activation.tanh_gelu(x), F.gelu(x, approximate="tanh"))
+    assert activation.compiled_route(x)
+    y = activation.tanh_gelu(x)
+    y.backward(g)
+    exact, slope = _gelu64(x.detach())
+    assert (y.double() - exact).abs().max() <= 1e-5 * (1 + exact.abs().max())
+    assert x.grad is not None
+    assert (x.grad.double() - g.double() * slope).abs().max() <= 1e-5
+    monkeypatch.setattr(activation, "FLOAT32_MIN_ELEMENTS", x.numel() + 1)
+    assert not activation.compiled_route(x)  # below the size where it pays
 
 
 @pytest.mark.parametrize("case", ["float32", "bf16 without grad", "bf16 under no_grad"])

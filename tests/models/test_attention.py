@@ -53,7 +53,7 @@ def test_short_bf16_attention_under_grad_matches_float32(mask_kind: str, monkeyp
     }[mask_kind]
     weights = torch.randn(3, 9, 4, 8, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = attention.sdpa_bf16_training(_Attn(), q, k, v, mask)
+        out, _ = attention.sdpa_training(_Attn(), q, k, v, mask)
     assert calls == [1]  # the math route
     assert out.dtype == torch.bfloat16  # handed back in the dtype autocast runs in
     (out.float() * weights).sum().backward()
@@ -75,7 +75,7 @@ def test_gqa_math_route_repeats_key_value_heads() -> None:
     q = torch.randn(2, 4, 6, 8, generator=g).bfloat16().requires_grad_()
     k, v = (torch.randn(2, 2, 6, 8, generator=g).bfloat16().requires_grad_() for _ in range(2))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = attention.sdpa_bf16_training(_Gqa(), q, k, v, None)
+        out, _ = attention.sdpa_training(_Gqa(), q, k, v, None)
     expected, _ = sdpa_attention_forward(_Gqa(), q.float(), k.float(), v.float(), None)
     assert torch.allclose(out.float(), expected, atol=3e-2, rtol=2e-2)
     out.float().sum().backward()
@@ -90,7 +90,7 @@ def test_long_or_dropout_bf16_under_grad_is_float32_attention(route: str) -> Non
     if route == "dropout":
         torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = attention.sdpa_bf16_training(_Attn(), q, k, v, None, **extra)
+        out, _ = attention.sdpa_training(_Attn(), q, k, v, None, **extra)
     assert out.dtype == torch.bfloat16
     out.float().square().sum().backward()
 
@@ -139,11 +139,11 @@ def test_other_calls_pass_through(dtype: torch.dtype) -> None:
     mask = torch.ones(9, 9, dtype=torch.bool).tril().expand(3, 1, 9, 9)
     with torch.no_grad():
         expected, _ = sdpa_attention_forward(_Attn(), q, k, v, mask)
-        got, _ = attention.sdpa_bf16_training(_Attn(), q, k, v, mask)
+        got, _ = attention.sdpa_training(_Attn(), q, k, v, mask)
     assert got.dtype == dtype
     assert torch.equal(got, expected)
 
 
 def test_install_registers_the_wrapper_as_sdpa() -> None:
     attention.install()
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is attention.sdpa_bf16_training
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is attention.sdpa_training

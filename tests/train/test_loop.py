@@ -107,9 +107,11 @@ def test_bf16_master_weights_train_as_autocast_on_float32_weights(
     for (name, pa), pb in zip(ours.named_parameters(), plain.parameters(), strict=True):
         assert pa.dtype == torch.float32, name
         # the masters' AdamW (train/adamw.py) rounds in another order than torch's fused one:
-        # ~1e-8 apart, up to ~2e-5 where that flips a bf16 rounding (updates here ~3e-3; a
-        # wrong gradient or step is off by ~1e-3)
-        torch.testing.assert_close(pa, pb, rtol=0, atol=5e-5, msg=name)
+        # ~1e-8 apart, up to ~5e-5 at the odd entry where that flips a bf16 rounding (Zen 3's
+        # emulated bf16: 1 of 4,096); updates here are ~3e-3, a wrong gradient or step is off
+        # by ~1e-3 across a tensor
+        torch.testing.assert_close(pa, pb, rtol=0, atol=2e-4, msg=lambda m, n=name: f"{n}: {m}")
+        assert ((pa - pb).abs() > 2e-5).float().mean() < 0.01, name
 
 
 def test_only_weights_autocast_casts_anyway_train_in_bf16(make_model):
@@ -148,12 +150,12 @@ def test_batches_are_made_under_the_same_autocast_as_the_loss(
     task.seen = []
     train(make_model("gpt2"), task, _cfg(max_steps=2, bf16=bf16), tmp_path, progress=False)
     assert task.seen == [bf16, bf16]
-    # a bf16 run on CPU trains with the rerouted bf16 attention (models/attention.py)
+    # a CPU run, either precision, trains with prefloop's attention (models/attention.py)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from prefloop.models.attention import sdpa_bf16_training
+    from prefloop.models.attention import sdpa_training
 
-    assert (ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_bf16_training) == bf16
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_training
 
 
 def test_warmup_then_cosine_to_floor():

@@ -1,4 +1,11 @@
-"""Attention for training under CPU bf16 autocast, where PyTorch's bf16 SDPA is slow.
+"""Attention for CPU training: packed reward lines pair by pair, and bf16 away from SDPA's slow
+bf16 backward.
+
+Packed reward lines (inside `attention_groups`, models/packing.py) attend pair by pair in
+either precision (`grouped_attention`): no token attends outside its pair, so a line of W
+tokens holding k pairs needs ~W^2 / k scores where SDPA under the lines' block mask computes W^2.
+Float32 lines of ~620 tokens (a 21M benchmark batch): 0.94-0.95x the step time of SDPA over
+lines of 192 (Zen 3 host, docs/benchmarks.md).
 
 Autocast runs `scaled_dot_product_attention` in bf16. On CPU (torch 2.13) its flash-attention
 forward is as fast in bf16 as in float32, but its backward is 3-4x slower (fwd+bwd 42 vs 13 ms
@@ -10,17 +17,16 @@ are on, CPU bf16 attention takes one of two routes:
   (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The
   scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
-- packed reward lines (inside `attention_groups`, models/packing.py): the math route pair by
-  pair (`grouped_attention`), since no token attends outside its pair; there the scale and
-  the pairs' mask go into the score matmul (baddbmm), so the scaled scores are bf16, rounded
-  once (float32 softmax as above).
+- packed reward lines: pair by pair as above, the scale and the pairs' mask inside the score
+  matmul (baddbmm), so the scaled scores are bf16, rounded once (float32 softmax as above).
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
 under autocast, so there only the value arrives in bf16 (autocast would cast all three down).
 Sampling and scoring run without grad and keep transformers' SDPA (its bf16 forward is fast).
 
 `install()` registers the wrapper as transformers' "sdpa" attention (its documented extension
-point, `AttentionInterface.register`); the training loop calls it when a bf16 run starts on CPU.
+point, `AttentionInterface.register`); the training loop calls it when a run starts on CPU.
+Anything else (float32 outside packed lines, no grad) goes to transformers' SDPA unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ _GROUPS: ContextVar[AttentionGroups | None] = ContextVar("prefloop_attention_gro
 
 @contextmanager
 def attention_groups(groups: AttentionGroups | None) -> Iterator[None]:
-    """Within: bf16 training attention over the packed lines runs pair by pair."""
+    """Within: CPU training attention over the packed lines runs pair by pair."""
     token = _GROUPS.set(groups if groups is not None and groups.pays() else None)
     try:
         yield
@@ -94,8 +100,9 @@ def grouped_attention(
     groups: AttentionGroups,
     scaling: float | None = None,
 ) -> torch.Tensor:
-    """`bf16_math_attention` pair by pair: each pair's tokens gathered from its line into
-    (H, B, G, D), attended under the pair's own mask, and put back. A line of W tokens holding
+    """Attention pair by pair: each pair's tokens gathered from its line into (H, B, G, D),
+    attended under the pair's own mask, and put back. In bf16 if any input is (bf16 matmuls
+    around a float32 softmax, as `bf16_math_attention`), else in the inputs' dtype. A line of W tokens holding
     k pairs costs W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
 
     A position of no pair (padding) gets a copy of some real token's output, and no gradient
@@ -114,19 +121,20 @@ def grouped_attention(
         return _Rows.apply(flat, index, inverse, layout.unpaired).view(-1, b, g, d)
 
     n_rep = getattr(module, "num_key_value_groups", 1)
+    dtype = compute_dtype(query, key, value)
     with torch.autocast("cpu", enabled=False):
-        q = gather(query).to(torch.bfloat16).view(h * b, g, d)
-        k, v = (gather(x).to(torch.bfloat16) for x in (key, value))  # (Hkv, B, G, D)
+        q = gather(query).to(dtype).view(h * b, g, d)
+        k, v = (gather(x).to(dtype) for x in (key, value))  # (Hkv, B, G, D)
         if n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
             k, v = k.repeat_interleave(n_rep, dim=0), v.repeat_interleave(n_rep, dim=0)
         k, v = k.view(h * b, g, d), v.view(h * b, g, d)
         scale = scaling if scaling is not None else d**-0.5
-        # scale and mask inside the matmul: the scaled, masked scores are bf16, rounded once
+        # scale and mask inside the matmul: bf16 scores are then scaled and masked, rounded once
         # (eager attention under autocast rounds them twice); ~1.5 ms less per layer (fwd +
         # bwd) than float32 scores scaled and masked in passes of their own. The same numbers
         # as those when the scale is a power of two (head size 16, 64, 256)
-        scores = torch.baddbmm(groups.bias(h), q, k.transpose(1, 2), alpha=scale)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
+        scores = torch.baddbmm(groups.bias(h, dtype), q, k.transpose(1, 2), alpha=scale)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
         out = torch.bmm(probs, v)  # (H*B, G, D)
     out = _Rows.apply(out.view(h, b * g, d), inverse, index, layout.padding)  # (H, N*W, D)
     return out.view(h, n, w, d).permute(1, 2, 0, 3)
@@ -156,13 +164,18 @@ class _Rows(torch.autograd.Function):
         return grad.index_select(1, back).index_fill_(1, zero, 0), None, None, None
 
 
+def compute_dtype(*xs: torch.Tensor) -> torch.dtype:
+    """bf16 if any of `xs` is (autocast's matmul dtype), else the first one's dtype."""
+    return torch.bfloat16 if any(x.dtype == torch.bfloat16 for x in xs) else xs[0].dtype
+
+
 def slow_bf16_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether SDPA would run its slow CPU bf16 backward here: bf16 inputs on CPU, under grad."""
     bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
     return bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
 
 
-def sdpa_bf16_training(
+def sdpa_training(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -170,18 +183,21 @@ def sdpa_bf16_training(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """transformers' `sdpa_attention_forward`, rerouted for bf16 CPU tensors under grad."""
-    if not slow_bf16_sdpa(query, key, value):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    """transformers' `sdpa_attention_forward`, rerouted under grad on CPU for packed lines and
+    for bf16 tensors."""
     groups = _GROUPS.get()
     if (
         groups is not None
+        and query.device.type == "cpu"
+        and torch.is_grad_enabled()
         and query.shape[0] == key.shape[0] == groups.lines
         and query.shape[2] == key.shape[2] == groups.width
         and _math_route(module, query, key, attention_mask, kwargs, max_keys=groups.width)
     ):
         out = grouped_attention(module, query, key, value, groups, scaling=kwargs.get("scaling"))
         return out, None
+    if not slow_bf16_sdpa(query, key, value):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if _math_route(module, query, key, attention_mask, kwargs):
         out = bf16_math_attention(
             module, query, key, value, attention_mask, scaling=kwargs.get("scaling")
@@ -219,5 +235,5 @@ def _math_route(
 
 
 def install() -> None:
-    """Make `sdpa_bf16_training` transformers' SDPA attention (idempotent)."""
-    AttentionInterface.register("sdpa", sdpa_bf16_training)
+    """Make `sdpa_training` transformers' SDPA attention (idempotent)."""
+    AttentionInterface.register("sdpa", sdpa_training)

@@ -29,9 +29,10 @@ from prefloop.models.lm import BF16_WIDTH_MULTIPLE, round_up, width_multiple
 SHARED, CHOSEN, REJECTED = 0, 1, 2  # which part of a pair a token belongs to
 
 
-# Under CPU bf16 training attention runs pair by pair (AttentionGroups below), so a line's
-# length costs no attention: lines this long hold a whole benchmark batch in one, without the
-# padding at the end of each shorter line (675 -> ~620 tokens per 16-pair step on average).
+# CPU training attends pair by pair (AttentionGroups below, models/attention.py), so a line's
+# length costs no attention: lines this long (RewardConfig's default pack_width) hold a whole
+# benchmark batch in one, without the padding at the end of each shorter line (675 -> ~620
+# tokens per 16-pair step on average).
 GROUPED_LINE_WIDTH = 1024
 # That one line's width is the batch's token count, a new value almost every step; each new
 # matmul shape makes oneDNN build (and keep) its bf16 kernels. Rounded up to 64 the widths take
@@ -41,15 +42,10 @@ GROUPED_LINE_WIDTH = 1024
 GROUPED_LINE_MULTIPLE = 64
 
 
-def line_width(pack_width: int, bf16: bool) -> int:
-    """The lines' width for packed reward batches: `pack_width`, or under bf16 training
-    (attention pair by pair) at least GROUPED_LINE_WIDTH; 0 (padded rows) stays 0."""
-    return max(pack_width, GROUPED_LINE_WIDTH) if pack_width and bf16 else pack_width
-
-
 def line_multiple(pack_width: int, bf16: bool) -> int:
     """What reward batches' token width is rounded up to: GROUPED_LINE_MULTIPLE for packed
-    lines under bf16, else `width_multiple` (8 under bf16, 1 in float32)."""
+    lines under bf16, else `width_multiple` (8 under bf16, 1 in float32: PyTorch's float32 CPU
+    matmuls build nothing per shape)."""
     return GROUPED_LINE_MULTIPLE if pack_width and bf16 else width_multiple(bf16)
 
 
@@ -80,8 +76,8 @@ class AttentionGroups:
     most BF16_WIDTH_MULTIPLE: the one bf16 line's multiple of 64 would pad every pair of the
     (B, G, G) scores by up to 63 tokens.
 
-    The layout (gather indices, the pairs' mask) is built on first use: only bf16 training
-    attends pair by pair, and at 0.95M parameters building it is ~3% of a float32 step."""
+    The layout (gather indices, the pairs' mask) is built on first use, by the attention that
+    reads it (CPU training with transformers' SDPA attention, models/attention.py)."""
 
     def __init__(
         self, mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, multiple: int
@@ -89,7 +85,7 @@ class AttentionGroups:
         self.lines, self.width = mask.shape[0], mask.shape[-1]  # N, W
         self._mask, self._span, self._size = mask, span, size  # (N, W, W), (B,), (B,)
         self.group = round_up(int(size.max()), min(multiple, BF16_WIDTH_MULTIPLE))  # G
-        self._bias: dict[int, torch.Tensor] = {}
+        self._bias: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     @cached_property
     def layout(self) -> _Layout:
@@ -110,15 +106,15 @@ class AttentionGroups:
         padding = (~valid).view(-1).nonzero().view(-1)
         return _Layout(index, ~pair_mask.unsqueeze(0), inverse, unpaired, padding)
 
-    def bias(self, heads: int) -> torch.Tensor:
-        """The pairs' mask as a bf16 additive bias for `heads` heads, heads first: (H * B, G, G)
+    def bias(self, heads: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """The pairs' mask as an additive bias for `heads` heads, heads first: (H * B, G, G)
         (built once per batch, read by every layer's forward)."""
-        if heads not in self._bias:
+        if (heads, dtype) not in self._bias:
             b, g = len(self._span), self.group
-            bias = torch.zeros(1, b, g, g, dtype=torch.bfloat16)
-            bias.masked_fill_(self.layout.hidden, torch.finfo(torch.bfloat16).min)
-            self._bias[heads] = bias.expand(heads, b, g, g).reshape(heads * b, g, g)
-        return self._bias[heads]
+            bias = torch.zeros(1, b, g, g, dtype=dtype)
+            bias.masked_fill_(self.layout.hidden, torch.finfo(dtype).min)
+            self._bias[heads, dtype] = bias.expand(heads, b, g, g).reshape(heads * b, g, g)
+        return self._bias[heads, dtype]
 
     def pays(self) -> bool:
         """Whether the pairs' scores are well under the lines' (gathering costs something)."""

@@ -165,16 +165,17 @@ def _train(
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     model.train()
-    if cfg.bf16 and device == "cpu":
-        attention.install()  # CPU bf16 SDPA backward is slow: reroute it (models/attention.py)
+    if device == "cpu":
+        # packed reward lines attend pair by pair; CPU bf16 SDPA backward is slow: reroute it
+        attention.install()  # (models/attention.py)
         if cfg.compile_gelu:
-            activation.install(model)  # and ATen's bf16 tanh-GELU (models/activation.py)
-        if cpu_computes_bf16() is False:
-            warnings.warn(
-                "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "
-                "float32: consider --no-bf16",
-                stacklevel=2,
-            )
+            activation.install(model)  # ATen's tanh-GELU is slow on CPU (models/activation.py)
+    if cfg.bf16 and device == "cpu" and cpu_computes_bf16() is False:
+        warnings.warn(
+            "bf16 on a CPU without AVX512-BF16 or AMX is emulated and usually slower than "
+            "float32: consider --no-bf16",
+            stacklevel=2,
+        )
     t0 = time.perf_counter()
     bar = tqdm(
         total=cfg.max_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True

@@ -31,7 +31,6 @@ from prefloop.models.lm import pad_rows, round_up, takes_4d_mask
 from prefloop.models.packing import (
     GROUPED_LINE_WIDTH,
     line_multiple,
-    line_width,
     pack_pairs,
 )
 from prefloop.models.reward import (
@@ -365,7 +364,7 @@ def train_reward_model(
         if pairs is None:
             max_length = cfg.max_length or max_positions(model)
             pairs = encode_records(train_records, tokenizer, max_length, cfg.margin, pad_id)
-        pack = line_width(cfg.pack_width, cfg.bf16) if takes_4d_mask(model) else 0
+        pack = cfg.pack_width if takes_4d_mask(model) else 0
         task = RewardTask(
             pairs, cfg.batch_size, cfg.grad_accum, cfg.seed + i, cfg.center_coef,
             cfg.group_by_length, pack, pad_id, line_multiple(pack, cfg.bf16),
