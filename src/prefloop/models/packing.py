@@ -76,27 +76,25 @@ class AttentionGroups:
     most BF16_WIDTH_MULTIPLE: the one bf16 line's multiple of 64 would pad every pair of the
     (B, G, G) scores by up to 63 tokens.
 
-    The layout (gather indices, the pairs' mask) is built on first use, by the attention that
-    reads it (CPU training with transformers' SDPA attention, models/attention.py)."""
+    Built from the pairs' own masks (`pair_masks`, which also make the lines' mask); the
+    gather indices are made on first use, by the attention that reads them (CPU training with
+    transformers' SDPA attention, models/attention.py)."""
 
     def __init__(
-        self, mask: torch.Tensor, span: torch.Tensor, size: torch.Tensor, multiple: int
+        self, lines: int, width: int, index: torch.Tensor, valid: torch.Tensor, sees: torch.Tensor
     ) -> None:
-        self.lines, self.width = mask.shape[0], mask.shape[-1]  # N, W
-        self._mask, self._span, self._size = mask, span, size  # (N, W, W), (B,), (B,)
-        self.group = round_up(int(size.max()), min(multiple, BF16_WIDTH_MULTIPLE))  # G
+        self.lines, self.width = lines, width  # N, W
+        self._index, self._valid, self._sees = index, valid, sees  # (B, G), (B, G), (B, G, G)
+        self.group = index.shape[1]  # G
         self._bias: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     @cached_property
     def layout(self) -> _Layout:
         """Where each pair's tokens are in the lines, and the pair's own mask."""
         n, w, g = self.lines, self.width, self.group
-        offset = torch.arange(g)
-        valid = offset < self._size[:, None]  # (B, G)
-        index = self._span[:, None] + torch.where(valid, offset, 0)  # (B, G)
-        line, col = index // w, index % w
-        pair_mask = self._mask[line[:, :, None], col[:, :, None], col[:, None, :]]  # (B, G, G)
-        pair_mask = (pair_mask & valid[:, None, :]) | torch.eye(g, dtype=torch.bool)
+        index, valid = self._index, self._valid
+        # a query past its pair's end sees only itself (finite, unused output)
+        pair_mask = self._sees | torch.eye(g, dtype=torch.bool)
         # a position in no pair reads entry 0 (a real token's; nothing reads that position back)
         inverse = torch.zeros(n * w, dtype=torch.long)
         inverse[index[valid]] = torch.arange(index.numel()).view_as(index)[valid]
@@ -110,7 +108,7 @@ class AttentionGroups:
         """The pairs' mask as an additive bias for `heads` heads, heads first: (H * B, G, G)
         (built once per batch, read by every layer's forward)."""
         if (heads, dtype) not in self._bias:
-            b, g = len(self._span), self.group
+            b, g = self._index.shape
             bias = torch.zeros(1, b, g, g, dtype=dtype)
             bias.masked_fill_(self.layout.hidden, torch.finfo(dtype).min)
             self._bias[heads, dtype] = bias.expand(heads, b, g, g).reshape(heads * b, g, g)
@@ -118,7 +116,24 @@ class AttentionGroups:
 
     def pays(self) -> bool:
         """Whether the pairs' scores are well under the lines' (gathering costs something)."""
-        return 2 * len(self._span) * self.group**2 < self.lines * self.width**2
+        return 2 * self._index.shape[0] * self.group**2 < self.lines * self.width**2
+
+
+def pair_masks(
+    part: torch.Tensor, span: torch.Tensor, size: torch.Tensor, group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each pair's own mask from where its tokens lie: `part` (N * W,) SHARED / CHOSEN /
+    REJECTED of each position, pair b at positions span[b] .. span[b] + size[b] - 1.
+    -> index (B, G) of its positions (past its end: its first), valid (B, G), sees (B, G, G):
+    key j visible to query i (causal, within the prompt or the query's own response)."""
+    offset = torch.arange(group)
+    valid = offset < size[:, None]
+    index = span[:, None] + torch.where(valid, offset, 0)
+    kind = part[index]
+    branch = (kind[:, None, :] == SHARED) | (kind[:, :, None] == kind[:, None, :])
+    causal = torch.ones(group, group, dtype=torch.bool).tril()
+    sees = branch & causal & valid[:, None, :] & valid[:, :, None]
+    return index, valid, sees
 
 
 def _long(values: list[int] | list[list[int]]) -> torch.Tensor:
@@ -177,7 +192,6 @@ def pack_pairs(
     n = len(lines)
     ids = [pad_id] * (n * width)
     pos = [0] * (n * width)
-    seg = [-1] * (n * width)  # the pair a token belongs to (-1: padding)
     part = [SHARED] * (n * width)
     last = [0] * (2 * b)
     keys: list[list[int]] = [[] for _ in range(2 * b)]
@@ -193,19 +207,22 @@ def pack_pairs(
                 end = at + len(tokens)
                 start[kind] = at
                 ids[at:end], pos[at:end] = tokens, range(first, first + len(tokens))
-                seg[at:end], part[at:end] = [i] * len(tokens), [kind] * len(tokens)
+                part[at:end] = [kind] * len(tokens)
                 at = end
             shared = list(range(start[SHARED], start[SHARED] + s))
             keys[i] = shared + list(range(start[CHOSEN], start[CHOSEN] + len(chosen) - s))
             keys[b + i] = shared + list(range(start[REJECTED], start[REJECTED] + len(rejected) - s))
             last[i], last[b + i] = keys[i][-1], keys[b + i][-1]
-    seg_t = _long(seg).view(n, width)
-    part_t = _long(part).view(n, width)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_pair = (seg_t[:, :, None] == seg_t[:, None, :]) & (seg_t[:, None, :] >= 0)  # (N, W, W)
-    same_branch = (part_t[:, None, :] == SHARED) | (part_t[:, :, None] == part_t[:, None, :])
-    # padding attends only to itself (a row of the mask with no True would give NaN)
-    mask = (same_pair & same_branch & causal) | torch.eye(width, dtype=torch.bool)
+    # the lines' mask, (N, W, W): the pairs' own masks in their spans (models/attention.py
+    # attends pair by pair from these); padding attends only to itself (a row with no True
+    # would give NaN)
+    span_t, size_t = _long(span), _long(size)
+    group = round_up(max(size), min(multiple, BF16_WIDTH_MULTIPLE))
+    index, valid, sees = pair_masks(_long(part), span_t, size_t, group)
+    at_line = index[:, :, None] * width + (index % width)[:, None, :]  # (B, G, G) into (N*W, W)
+    mask = torch.zeros(n * width * width, dtype=torch.bool)
+    mask[at_line[sees]] = True
+    mask = mask.view(n, width, width) | torch.eye(width, dtype=torch.bool)
     n_keys = _long([len(k) for k in keys])
     key_valid = torch.arange(int(n_keys.max())) < n_keys[:, None]  # (2B, L)
     longest = key_valid.shape[1]
@@ -217,5 +234,5 @@ def pack_pairs(
         _long(last),
         keys_t,
         key_valid,
-        AttentionGroups(mask, _long(span), _long(size), multiple),
+        AttentionGroups(n, width, index, valid, sees),
     )
