@@ -217,6 +217,12 @@ def test_attention_pair_by_pair_equals_whole_lines(family, bf16, tokenizer, tmp_
     assert one.input_ids.shape[1] % multiple == 0
     r_one, g_one = run(one)
     same(r_one, g_one, r_pairs, g_pairs)
+    # pairs longer than the math route's limit attend over whole lines (no (G, G) scores kept)
+    monkeypatch.setattr(attention, "MATH_MAX_KEYS", packed.groups.group - 1)
+    grouped.clear()
+    r_long, g_long = run(packed)
+    assert grouped == []
+    same(r_long, g_long, r_lines, g_lines)
 
 
 def _pairs_of_random_lengths(n: int, seed: int = 0) -> EncodedPairs:

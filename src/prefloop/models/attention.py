@@ -2,7 +2,8 @@
 bf16 backward.
 
 Packed reward lines (inside `attention_groups`, models/packing.py) attend pair by pair in
-either precision (`grouped_attention`): no token attends outside its pair, so a line of W
+either precision (`grouped_attention`, pairs of up to MATH_MAX_KEYS tokens: it keeps each
+pair's scores for backward): no token attends outside its pair, so a line of W
 tokens holding k pairs needs ~W^2 / k scores where SDPA under the lines' block mask computes W^2.
 Float32 lines of ~620 tokens (a 21M benchmark batch): 0.94-0.95x the step time of SDPA over
 lines of 192 (Zen 3 host, docs/benchmarks.md).
@@ -17,7 +18,8 @@ are on, CPU bf16 attention takes one of two routes:
   (B, H, Tq, Tk) materialized; 1.6x faster than the float32 flash kernel at 52 tokens). The
   scores are bf16 products, as in any bf16 attention; masking and softmax are float32.
 - otherwise: the float32 flash kernel (no T^2 buffer), its output handed back in bf16.
-- packed reward lines: pair by pair as above, the scale and the pairs' mask inside the score
+- packed reward lines: pair by pair as above (pairs up to MATH_MAX_KEYS tokens; longer ones
+  take the routes above over whole lines), the scale and the pairs' mask inside the score
   matmul (baddbmm), so the scaled scores are bf16, rounded once (float32 softmax as above).
 
 "bf16" means any of query, key and value: Llama-family RoPE multiplies q and k by float32 cos/sin
@@ -192,6 +194,9 @@ def sdpa_training(
         and torch.is_grad_enabled()
         and query.shape[0] == key.shape[0] == groups.lines
         and query.shape[2] == key.shape[2] == groups.width
+        # long pairs: SDPA's flash kernel over the lines, which keeps no (G, G) scores (float32
+        # HH-RLHF-sized pairs of ~1,000 tokens would keep ~0.5 GB of them a layer)
+        and groups.group <= MATH_MAX_KEYS
         and _math_route(module, query, key, attention_mask, kwargs, max_keys=groups.width)
     ):
         out = grouped_attention(module, query, key, value, groups, scaling=kwargs.get("scaling"))
