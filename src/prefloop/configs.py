@@ -103,7 +103,9 @@ class RewardConfig(LoopConfig):
     sources: list[str] = option(  # noqa: RUF009
         [], "comparison sources to learn from (default: all)"
     )
-    epochs: float = option(2.0, "passes over the training pairs (sets max_steps when it is 0)")
+    epochs: float = option(
+        1.0, "passes over the training pairs (sets max_steps when it is 0; more overfits)"
+    )
     batch_size: int = option(16, "comparison pairs per micro-batch (2x rows: chosen and rejected)")
     max_length: int = option(0, "prompt+response tokens kept, prompt cut first (0 = model context)")
     ties: str = option(
