@@ -3,10 +3,10 @@ bf16 backward.
 
 Packed reward lines (inside `attention_groups`, models/packing.py) attend pair by pair in
 either precision (`grouped_attention`, pairs of up to MATH_MAX_KEYS tokens: it keeps each
-pair's scores for backward): no token attends outside its pair, so a line of W
-tokens holding k pairs needs ~W^2 / k scores where SDPA under the lines' block mask computes W^2.
-Float32 lines of ~620 tokens (a 21M benchmark batch): 0.94-0.95x the step time of SDPA over
-lines of 192 (Zen 3 host, docs/benchmarks.md).
+pair's scores for backward): no token attends outside its pair, so a line of W tokens holding
+k pairs needs ~W^2 / k scores where SDPA under the lines' block mask computes W^2. Float32
+lines of ~616 tokens (a 21M benchmark batch): 0.94-0.95x the forward + backward time of SDPA
+over lines of 192 (Zen 3 host, docs/benchmarks.md).
 
 Autocast runs `scaled_dot_product_attention` in bf16. On CPU (torch 2.13) its flash-attention
 forward is as fast in bf16 as in float32, but its backward is 3-4x slower (fwd+bwd 42 vs 13 ms
@@ -104,8 +104,8 @@ def grouped_attention(
 ) -> torch.Tensor:
     """Attention pair by pair: each pair's tokens gathered from its line into (H, B, G, D),
     attended under the pair's own mask, and put back. In bf16 if any input is (bf16 matmuls
-    around a float32 softmax, as `bf16_math_attention`), else in the inputs' dtype. A line of W tokens holding
-    k pairs costs W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
+    around a float32 softmax, as `bf16_math_attention`), else in the inputs' dtype. A line of
+    W tokens holding k pairs costs W^2 scores where its pairs need ~W^2 / k. -> (N, W, H, D)
 
     A position of no pair (padding) gets a copy of some real token's output, and no gradient
     goes back from it: exact because nothing the loss depends on reads those positions (no
