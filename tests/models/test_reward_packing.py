@@ -12,7 +12,8 @@ from prefloop.models.packing import (
     line_multiple,
     pack_lines,
     pack_pairs,
-    shared_prefix,
+    packed_sizes,
+    shared_prefixes,
 )
 from prefloop.models.reward import (
     build_reward_model,
@@ -76,11 +77,16 @@ def test_pack_lines_balances_lines_without_adding_any() -> None:
         assert max(sum(size[i] for i in line) for line in lines) <= 64
 
 
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    rows, _ = pad_rows([a, b], 0)
+    return int(shared_prefixes(rows, torch.tensor([len(a), len(b)]))[0])
+
+
 def test_shared_prefix_leaves_each_row_its_last_token() -> None:
-    assert shared_prefix([1, 2, 3], [1, 2, 4]) == 2
-    assert shared_prefix([1, 2], [1, 2, 3]) == 1  # row [1, 2] keeps its last token
-    assert shared_prefix([5], [5]) == 0
-    assert shared_prefix([1], [2, 3]) == 0
+    assert _shared_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert _shared_prefix([1, 2], [1, 2, 3]) == 1  # row [1, 2] keeps its last token
+    assert _shared_prefix([5], [5]) == 0
+    assert _shared_prefix([1], [2, 3]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -241,16 +247,15 @@ def test_one_line_batches_are_chosen_to_fill_their_rounding(monkeypatch) -> None
     from prefloop.train import reward
 
     pairs = _pairs_of_random_lengths(16 * 64)
-    size = reward.packed_sizes(pairs)
+    size = packed_sizes(pairs.rows, pairs.lengths)
     assert size.tolist() == (pairs.lengths[:1024] + pairs.lengths[1024:] - 3).tolist()
     edge = [([1, 2, 3], [1, 2, 3, 4]), ([1, 2], [1, 2]), ([5], [6, 7]), ([1, 2, 9], [1, 3, 9])]
     chosen_then_rejected = [r for rows in zip(*edge, strict=True) for r in rows]
     rows, _ = pad_rows(chosen_then_rejected, 0)
     lengths = torch.tensor([len(r) for r in chosen_then_rejected])
     few = EncodedPairs(rows, lengths, torch.zeros(4, dtype=torch.bool), torch.zeros(4))
-    assert reward.packed_sizes(few).tolist() == [
-        len(a) + len(b) - shared_prefix(a, b) for a, b in edge
-    ]
+    # shared prefixes 2, 1, 0, 1: each row keeps its last token; a difference ends the prefix
+    assert packed_sizes(few.rows, few.lengths).tolist() == [5, 3, 3, 5]
 
     def epoch(task: RewardTask) -> tuple[list[int], int]:
         seen, slots = [], 0

@@ -141,14 +141,21 @@ def _long(values: list[int] | list[list[int]]) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.int64))
 
 
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    """Tokens at the start of `a` and `b` that are the same, leaving each row at least one own
-    token (its last one, where the score is read)."""
-    n = min(len(a), len(b)) - 1
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return max(i, 0)
+def shared_prefixes(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Pairs of rows (2B, T), row i and row B + i a pair, with `lengths` (2B,): the tokens at
+    the start of each pair's rows that are the same, leaving each row at least one own token
+    (its last one, where the score is read). -> (B,)"""
+    b = rows.shape[0] // 2
+    shorter = torch.minimum(lengths[:b], lengths[b:])
+    column = torch.arange(rows.shape[1])
+    stop = (rows[:b] != rows[b:]) | (column >= (shorter - 1)[:, None])
+    return stop.int().argmax(dim=1)  # argmax: the first stop
+
+
+def packed_sizes(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each pair's tokens when packed: both rows, their shared prefix once. -> (B,)"""
+    b = rows.shape[0] // 2
+    return lengths[:b] + lengths[b:] - shared_prefixes(rows, lengths)
 
 
 def pack_lines(size: list[int], width: int) -> list[list[int]]:
@@ -183,8 +190,8 @@ def pack_pairs(
     The lines' width is trimmed to the longest line, then rounded up to a `multiple`."""
     b = rows.shape[0] // 2
     ids_list = [r[:n] for r, n in zip(rows.tolist(), lengths.tolist(), strict=True)]
-    share = [shared_prefix(ids_list[i], ids_list[b + i]) for i in range(b)]
-    size = [len(ids_list[i]) + len(ids_list[b + i]) - share[i] for i in range(b)]
+    share = shared_prefixes(rows, lengths).tolist()
+    size = packed_sizes(rows, lengths).tolist()
     width = max(width, max(size))
     lines = pack_lines(size, width)
     width = max(sum(size[i] for i in line) for line in lines)  # trim columns no line uses

@@ -32,6 +32,7 @@ from prefloop.models.packing import (
     GROUPED_LINE_WIDTH,
     line_multiple,
     pack_pairs,
+    packed_sizes,
 )
 from prefloop.models.reward import (
     ENSEMBLE_DIR,
@@ -182,18 +183,6 @@ def collate_pairs(
 
 
 # ---- the task -----------------------------------------------------------------------------
-def packed_sizes(pairs: EncodedPairs) -> torch.Tensor:
-    """Each pair's tokens when packed (models/packing.py): both rows, their shared prefix once
-    (`shared_prefix` for all pairs at once: the first column where the rows differ, at most the
-    shorter row's length - 1)."""
-    n = len(pairs)
-    chosen, rejected = pairs.rows[:n], pairs.rows[n:]
-    lc, lr = pairs.lengths[:n], pairs.lengths[n:]
-    column = torch.arange(chosen.shape[1])
-    stop = (chosen != rejected) | (column >= (torch.minimum(lc, lr) - 1)[:, None])
-    return lc + lr - stop.int().argmax(dim=1)  # argmax: the first stop
-
-
 def fill_lines(batches: list[torch.Tensor], size: torch.Tensor, multiple: int, width: int) -> None:
     """Swap pairs between neighbouring batches (in place) so that each batch's packed tokens
     come up to a multiple of `multiple` (the one line's width is rounded up to it; what the
@@ -244,7 +233,7 @@ class RewardTask:
         # a batch that is one packed line (bf16) is as wide as its tokens, rounded up to
         # `width_multiple`: fill_lines then picks batches whose tokens fill that rounding
         one_line = self.pack_width >= GROUPED_LINE_WIDTH and self.width_multiple > 1
-        self._packed_size = packed_sizes(self.pairs) if one_line else None
+        self._packed_size = packed_sizes(self.pairs.rows, self.pairs.lengths) if one_line else None
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """A shuffled order of the pairs. With `group_by_length`, each window of GROUP batches
