@@ -190,9 +190,9 @@ def pack_pairs(
     The lines' width is trimmed to the longest line, then rounded up to a `multiple`."""
     b = rows.shape[0] // 2
     ids_list = [r[:n] for r, n in zip(rows.tolist(), lengths.tolist(), strict=True)]
-    shared = shared_prefixes(rows, lengths)
-    share = shared.tolist()
-    size = (lengths[:b] + lengths[b:] - shared).tolist()  # packed_sizes, the prefix computed once
+    prefix = shared_prefixes(rows, lengths)
+    share = prefix.tolist()
+    size = (lengths[:b] + lengths[b:] - prefix).tolist()  # packed_sizes, the prefix computed once
     width = max(width, max(size))
     lines = pack_lines(size, width)
     width = max(sum(size[i] for i in line) for line in lines)  # trim columns no line uses
