@@ -187,59 +187,69 @@ def pack_pairs(
     rows: torch.Tensor, lengths: torch.Tensor, width: int, pad_id: int, multiple: int = 1
 ) -> PackedPairs:
     """Pack pairs of rows (R=2B, T) with `lengths` (2B,): row i and row B + i are one pair.
-    The lines' width is trimmed to the longest line, then rounded up to a `multiple`."""
-    b = rows.shape[0] // 2
-    ids_list = [r[:n] for r, n in zip(rows.tolist(), lengths.tolist(), strict=True)]
-    prefix = shared_prefixes(rows, lengths)
-    share = prefix.tolist()
-    size = (lengths[:b] + lengths[b:] - prefix).tolist()  # packed_sizes, the prefix computed once
+    The lines' width is trimmed to the longest line, then rounded up to a `multiple`.
+
+    Built with tensor ops over (B, G), G the largest pair: a Python loop over the pairs' tokens
+    took ~1 ms of a 0.95M model's ~28 ms reward step (Zen 3)."""
+    b, t = rows.shape[0] // 2, rows.shape[1]
+    prefix = shared_prefixes(rows, lengths)  # (B,)
+    n_chosen, n_rejected = lengths[:b], lengths[b:]
+    size_t = n_chosen + n_rejected - prefix  # packed_sizes, the prefix computed once
+    size = size_t.tolist()
     width = max(width, max(size))
     lines = pack_lines(size, width)
     width = max(sum(size[i] for i in line) for line in lines)  # trim columns no line uses
     width = round_up(width, multiple)
     n = len(lines)
-    ids = [pad_id] * (n * width)
-    pos = [0] * (n * width)
-    part = [SHARED] * (n * width)
-    last = [0] * (2 * b)
-    keys: list[list[int]] = [[] for _ in range(2 * b)]
-    span = [0] * b  # flat position of each pair's first token
+    span_list = [0] * b  # flat position of each pair's first token: pairs end to end in lines
     for line, pairs in enumerate(lines):
         at = line * width
         for i in pairs:
-            span[i] = at
-            s, chosen, rejected = share[i], ids_list[i], ids_list[b + i]
-            start = {}
-            for tokens, first, kind in ((chosen[:s], 0, SHARED), (chosen[s:], s, CHOSEN),
-                                        (rejected[s:], s, REJECTED)):  # fmt: skip
-                end = at + len(tokens)
-                start[kind] = at
-                ids[at:end], pos[at:end] = tokens, range(first, first + len(tokens))
-                part[at:end] = [kind] * len(tokens)
-                at = end
-            shared = list(range(start[SHARED], start[SHARED] + s))
-            keys[i] = shared + list(range(start[CHOSEN], start[CHOSEN] + len(chosen) - s))
-            keys[b + i] = shared + list(range(start[REJECTED], start[REJECTED] + len(rejected) - s))
-            last[i], last[b + i] = keys[i][-1], keys[b + i][-1]
+            span_list[i] = at
+            at += size[i]
+    span_t = _long(span_list)
+    # each pair's tokens in order: the shared prefix and the chosen tail (chosen row, column j),
+    # then the rejected tail (rejected row, column j - chosen length + prefix)
+    group = round_up(max(size), min(multiple, BF16_WIDTH_MULTIPLE))
+    j = torch.arange(group)
+    valid = j < size_t[:, None]  # (B, G)
+    rejected = j >= n_chosen[:, None]
+    column = torch.where(rejected, j - (n_chosen - prefix)[:, None], j)
+    column = torch.where(valid, column, 0)
+    source = torch.where(rejected, torch.arange(b)[:, None] + b, torch.arange(b)[:, None])
+    kind = torch.where(j < prefix[:, None], SHARED, torch.where(rejected, REJECTED, CHOSEN))
+    dest = (span_t[:, None] + j)[valid]
+    ids = torch.full((n * width,), pad_id, dtype=torch.long)
+    ids[dest] = rows.reshape(-1)[(source * t + column)[valid]].long()
+    pos = torch.zeros(n * width, dtype=torch.long)
+    pos[dest] = column[valid]
+    part = torch.full((n * width,), SHARED, dtype=torch.long)
+    part[dest] = kind[valid]
+    # each row's tokens: the chosen row's are its pair's first n_chosen; the rejected row's the
+    # shared prefix, then its tail after the chosen one (padded with its last)
+    longest = int(lengths.max())
+    k = torch.arange(longest)
+    upto_c = torch.minimum(k, n_chosen[:, None] - 1)
+    upto_r = torch.minimum(k, n_rejected[:, None] - 1)
+    keys_c = span_t[:, None] + upto_c
+    keys_r = span_t[:, None] + torch.where(
+        upto_r < prefix[:, None], upto_r, upto_r + (n_chosen - prefix)[:, None]
+    )
+    keys_t = torch.cat([keys_c, keys_r])  # (2B, L)
+    key_valid = k < lengths[:, None]
     # the lines' mask, (N, W, W): the pairs' own masks in their spans (models/attention.py
     # attends pair by pair from these); padding attends only to itself (a row with no True
     # would give NaN)
-    span_t, size_t = _long(span), _long(size)
-    group = round_up(max(size), min(multiple, BF16_WIDTH_MULTIPLE))
-    index, valid, sees = pair_masks(_long(part), span_t, size_t, group)
+    index, valid, sees = pair_masks(part, span_t, size_t, group)
     at_line = index[:, :, None] * width + (index % width)[:, None, :]  # (B, G, G) into (N*W, W)
     mask = torch.zeros(n * width * width, dtype=torch.bool)
     mask[at_line[sees]] = True
     mask = mask.view(n, width, width) | torch.eye(width, dtype=torch.bool)
-    n_keys = _long([len(k) for k in keys])
-    key_valid = torch.arange(int(n_keys.max())) < n_keys[:, None]  # (2B, L)
-    longest = key_valid.shape[1]
-    keys_t = _long([k + [k[-1]] * (longest - len(k)) for k in keys])
     return PackedPairs(
-        _long(ids).view(n, width),
-        _long(pos).view(n, width),
+        ids.view(n, width),
+        pos.view(n, width),
         mask.unsqueeze(1),
-        _long(last),
+        keys_t[:, -1].contiguous(),  # each row's last token: its keys end with it
         keys_t,
         key_valid,
         AttentionGroups(n, width, index, valid, sees),
