@@ -119,21 +119,14 @@ class AttentionGroups:
         return 2 * self._index.shape[0] * self.group**2 < self.lines * self.width**2
 
 
-def pair_masks(
-    part: torch.Tensor, span: torch.Tensor, size: torch.Tensor, group: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each pair's own mask from where its tokens lie: `part` (N * W,) SHARED / CHOSEN /
-    REJECTED of each position, pair b at positions span[b] .. span[b] + size[b] - 1.
-    -> index (B, G) of its positions (past its end: its first), valid (B, G), sees (B, G, G):
-    key j visible to query i (causal, within the prompt or the query's own response)."""
-    offset = torch.arange(group)
-    valid = offset < size[:, None]
-    index = span[:, None] + torch.where(valid, offset, 0)
-    kind = part[index]
+def pair_masks(kind: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each pair's own mask from its tokens' `kind` (B, G): SHARED / CHOSEN / REJECTED, in
+    order, `valid` (B, G) up to the pair's end. -> sees (B, G, G): key j visible to query i
+    (causal, within the prompt or the query's own response)."""
+    group = kind.shape[1]
     branch = (kind[:, None, :] == SHARED) | (kind[:, :, None] == kind[:, None, :])
     causal = torch.ones(group, group, dtype=torch.bool).tril()
-    sees = branch & causal & valid[:, None, :] & valid[:, :, None]
-    return index, valid, sees
+    return branch & causal & valid[:, None, :] & valid[:, :, None]
 
 
 def _long(values: list[int] | list[list[int]]) -> torch.Tensor:
@@ -213,18 +206,17 @@ def pack_pairs(
     group = round_up(max(size), min(multiple, BF16_WIDTH_MULTIPLE))
     j = torch.arange(group)
     valid = j < size_t[:, None]  # (B, G)
+    index = span_t[:, None] + torch.where(valid, j, 0)  # (B, G); past a pair's end: its first
+    chosen_own = (n_chosen - prefix)[:, None]  # the chosen row's tokens after the prefix
     rejected = j >= n_chosen[:, None]
-    column = torch.where(rejected, j - (n_chosen - prefix)[:, None], j)
-    column = torch.where(valid, column, 0)
+    column = torch.where(rejected, j - chosen_own, j)[valid]
     source = torch.where(rejected, torch.arange(b)[:, None] + b, torch.arange(b)[:, None])
     kind = torch.where(j < prefix[:, None], SHARED, torch.where(rejected, REJECTED, CHOSEN))
-    dest = (span_t[:, None] + j)[valid]
+    dest = index[valid]
     ids = torch.full((n * width,), pad_id, dtype=torch.long)
-    ids[dest] = rows.reshape(-1)[(source * t + column)[valid]].long()
+    ids[dest] = rows.reshape(-1)[source[valid] * t + column].long()
     pos = torch.zeros(n * width, dtype=torch.long)
-    pos[dest] = column[valid]
-    part = torch.full((n * width,), SHARED, dtype=torch.long)
-    part[dest] = kind[valid]
+    pos[dest] = column
     # each row's tokens: the chosen row's are its pair's first n_chosen; the rejected row's the
     # shared prefix, then its tail after the chosen one (padded with its last)
     longest = int(lengths.max())
@@ -232,15 +224,13 @@ def pack_pairs(
     upto_c = torch.minimum(k, n_chosen[:, None] - 1)
     upto_r = torch.minimum(k, n_rejected[:, None] - 1)
     keys_c = span_t[:, None] + upto_c
-    keys_r = span_t[:, None] + torch.where(
-        upto_r < prefix[:, None], upto_r, upto_r + (n_chosen - prefix)[:, None]
-    )
+    keys_r = span_t[:, None] + torch.where(upto_r < prefix[:, None], upto_r, upto_r + chosen_own)
     keys_t = torch.cat([keys_c, keys_r])  # (2B, L)
     key_valid = k < lengths[:, None]
     # the lines' mask, (N, W, W): the pairs' own masks in their spans (models/attention.py
     # attends pair by pair from these); padding attends only to itself (a row with no True
     # would give NaN)
-    index, valid, sees = pair_masks(part, span_t, size_t, group)
+    sees = pair_masks(kind, valid)
     at_line = index[:, :, None] * width + (index % width)[:, None, :]  # (B, G, G) into (N*W, W)
     mask = torch.zeros(n * width * width, dtype=torch.bool)
     mask[at_line[sees]] = True
