@@ -173,7 +173,7 @@ def compute_dtype(*xs: torch.Tensor) -> torch.dtype:
 
 def slow_bf16_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether SDPA would run its slow CPU bf16 backward here: bf16 inputs on CPU, under grad."""
-    bf16 = torch.bfloat16 in (query.dtype, key.dtype, value.dtype)
+    bf16 = compute_dtype(query, key, value) == torch.bfloat16
     return bf16 and query.device.type == "cpu" and torch.is_grad_enabled()
 
 
